@@ -1,0 +1,63 @@
+"""The zoo: `checkpoints.yaml` entries, name resolution and fetching a named checkpoint to a verified local file."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+from pathlib import Path
+
+import yaml
+
+
+
+REGISTRY_FILE = Path(__file__).with_name("checkpoints.yaml")
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+@functools.lru_cache(maxsize=1)
+def registry() -> dict[str, dict]:
+    with open(REGISTRY_FILE) as f:
+        return yaml.safe_load(f)["models"]
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names in checkpoints.yaml matching a shell-style pattern, sorted."""
+    return sorted(n for n in registry() if fnmatch.fnmatch(n, pattern))
+
+
+def entry(name: str) -> dict:
+    """The registry entry of `name` (aliases resolved), with its canonical name under 'name'."""
+    models = registry()
+    if name not in models:
+        close = difflib.get_close_matches(name, models, n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}.{hint} `mimzoo models` lists all names; a local file, a "
+                                f"directory or 'hf-hub:org/repo' also works.")
+    e = dict(models[name])
+    seen = {name}
+    while "alias_of" in e:
+        target = e["alias_of"]
+        if target in seen or target not in models:
+            raise UnknownModelError(f"checkpoints.yaml: alias {name!r} points to missing or cyclic {target!r}")
+        seen.add(target)
+        merged = dict(models[target])
+        merged.update({k: v for k, v in e.items() if k != "alias_of"})
+        name, e = target, merged
+    e["name"] = name
+    return e
+
+
+def fetch(name: str, *, cache_dir: str | None = None, progress: bool = True) -> tuple[Path, dict]:
+    """Download (or find in the cache) the file of a zoo entry, verified; returns (path, entry)."""
+    from . import download
+
+    e = entry(name)
+    if not e.get("source"):
+        raise download.DownloadError(
+            f"{name!r} has no public download ({e.get('notes', 'never released upstream')}).")
+    path = download.fetch(e["source"], sha256=e.get("sha256"), cache_dir=cache_dir, progress=progress, name=name)
+    return path, e
