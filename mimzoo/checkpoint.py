@@ -6,7 +6,6 @@ import os
 import pathlib
 import pickle
 import tempfile
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,15 +35,23 @@ def read(path: str | os.PathLike) -> Any:
             return load_file(path)
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointReadError(f"{path} is not a valid safetensors file ({e}); it may be truncated") from e
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch zip archive, or a legacy pickle
+        raise CheckpointReadError(f"{path} is not a readable PyTorch checkpoint (it is neither a torch zip archive "
+                                  f"nor a pickle); check that the file is the checkpoint you meant")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e) or "truncated" in str(e).lower():
+            raise CheckpointReadError(f"{path} is not a readable PyTorch checkpoint ({e}); it may be truncated") from e
         raise CheckpointReadError(
-            f"refused to load {path}: it needs Python objects that a weights-only load does not allow ({e}). "
-            f"mimzoo never runs code from a checkpoint. If you trust the file, load it yourself with "
-            f"torch.load(weights_only=False), then pass the state dict to mimzoo.convert.") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+            f"refused to load {path}: it needs Python objects that a weights-only load does not allow "
+            f"({str(e).splitlines()[-1][:300]}). mimzoo never runs code from a checkpoint. If you trust the file, "
+            f"load it yourself with torch.load(weights_only=False), then pass the state dict to "
+            f"mimzoo.convert.convert.") from e
+    except Exception as e:  # torch raises RuntimeError/EOFError/IndexError/... on damaged archives
         raise CheckpointReadError(
             f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}); it may be truncated "
             f"or another kind of file") from e

@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import os
 from pathlib import Path
 
 import yaml
@@ -18,10 +19,22 @@ class UnknownModelError(KeyError):
         return self.args[0]
 
 
-@functools.lru_cache(maxsize=1)
 def registry() -> dict[str, dict]:
-    with open(REGISTRY_FILE) as f:
-        return yaml.safe_load(f)["models"]
+    """The built-in zoo plus any YAML files (same schema) listed in MIMZOO_REGISTRY, which may add private
+    checkpoints or point a name at a mirror; later files win."""
+    return _registry(os.environ.get("MIMZOO_REGISTRY", ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _registry(extra: str) -> dict[str, dict]:
+    models = {}
+    for path in [REGISTRY_FILE, *filter(None, extra.split(os.pathsep))]:
+        try:
+            with open(path) as f:
+                models.update(yaml.safe_load(f)["models"])
+        except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
+            raise ValueError(f"cannot read the model registry {path}: {e}; it needs a top-level 'models:' mapping") from e
+    return models
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -29,11 +29,12 @@ def detect(sd: dict) -> bool:
     return "patch_embed.proj.weight" in sd and "blocks.0.attn.qkv.weight" in sd and "cls_token" in sd
 
 
-def heads_from_meta(meta: dict) -> int | None:
-    """MAE's saved `args.model` names the size (e.g. mae_vit_large_patch16)."""
+def heads_from_meta(meta: dict, width: int) -> int | None:
+    """MAE's saved `args.model` names the size (e.g. mae_vit_large_patch16); trusted only if the width agrees."""
     name = str(getattr(meta.get("args"), "model", ""))
-    for size, heads in (("tiny", 3), ("small", 6), ("base", 12), ("large", 16), ("huge", 16)):
-        if f"_{size}_" in name or name.startswith(f"vit_{size}"):
+    for size, (w, heads) in {"tiny": (192, 3), "small": (384, 6), "base": (768, 12), "large": (1024, 16),
+                             "huge": (1280, 16)}.items():
+        if f"vit_{size}" in name and w == width:
             return heads
     return None
 
@@ -47,7 +48,7 @@ def encoder_config(sd: dict, meta: dict, fmt: str, num_heads: int | None = None)
     finetuned = "fc_norm.weight" in sd
     cfg.update(
         img_size=side * cfg["patch_size"], depth=block_count(sd, "blocks"),
-        num_heads=num_heads or heads_from_meta(meta) or heads_for(width, ENCODER_HEADS, 64, "encoder"),
+        num_heads=num_heads or heads_from_meta(meta, width) or heads_for(width, ENCODER_HEADS, 64, "encoder"),
         mlp_ratio=mlp_ratio(sd, "blocks.0.mlp.fc1.weight", width), class_token=True,
         # fine-tuning makes the table a learned parameter; pretraining keeps it fixed (loaded, never regenerated)
         pos_embed="learn" if finetuned else "sincos",

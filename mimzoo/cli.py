@@ -1,0 +1,124 @@
+"""The `mimzoo` command.
+
+fit / validate / test / predict go to LightningCLI (any mimzoo method by class path, configs from recipes/);
+the zoo commands (models, download, convert) are plain argparse sub-commands.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+LIGHTNING = ("fit", "validate", "test", "predict")
+
+
+def _metric_summary(entry: dict) -> str:
+    parts = []
+    for m in entry.get("metrics") or []:
+        if m.get("value") is not None:
+            parts.append(f"{m.get('task', '?')} {m.get('metric', '')} {m['value']}".strip())
+    return "; ".join(parts[:2])
+
+
+def cmd_models(args) -> int:
+    from . import hub
+
+    names = hub.list_models(args.pattern)
+    if not names:
+        print(f"no model matches {args.pattern!r}; `mimzoo models` lists all", file=sys.stderr)
+        return 1
+    rows = [("name", "method", "arch", "pretrain data", "licence", "reported")]
+    for n in names:
+        e = hub.registry()[n]
+        if "alias_of" in e:
+            rows.append((n, f"= {e['alias_of']}", "", "", "", ""))
+            continue
+        rows.append((n, str(e.get("method", "")), str(e.get("arch", "")), str(e.get("pretrain_data", "")),
+                     str(e.get("license", "")), _metric_summary(e)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    return 0
+
+
+def cmd_download(args) -> int:
+    from . import hub
+
+    for name in args.names:
+        path, _ = hub.fetch(name, cache_dir=args.cache_dir, progress=not args.quiet)
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from . import checkpoint, loading
+
+    hints = {k: v for k, v in (("num_heads", args.num_heads), ("decoder_num_heads", args.decoder_num_heads)) if v}
+    src = args.src
+    if not Path(src).exists():
+        from . import hub
+
+        src, e = hub.fetch(src, cache_dir=args.cache_dir)
+        args.format = args.format or e.get("format")
+    config, state_dict = loading.read_converted(src, format=args.format, **hints)
+    loading.backbone_from_converted(config, state_dict)  # proves the weights build a backbone before writing
+    dst = Path(args.dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_safetensors(state_dict, dst / "model.safetensors", metadata={"format": "pt"})
+    with checkpoint.atomic_path(dst / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2, default=str))
+    print(f"wrote {dst}/config.json and {dst}/model.safetensors ({len(state_dict)} tensors, "
+          f"{config['format']} -> mimzoo); load it with mimzoo.load({str(dst)!r})")
+    return 0
+
+
+def zoo_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mimzoo", description="masked image modeling model zoo")
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("models", help="list the zoo (checkpoints.yaml) as a table")
+    m.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'mae_*'")
+    m.set_defaults(func=cmd_models)
+    d = sub.add_parser("download", help="download and verify zoo checkpoints into the cache")
+    d.add_argument("names", nargs="+")
+    d.add_argument("--cache-dir", default=None)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_download)
+    c = sub.add_parser("convert", help="upstream checkpoint -> mimzoo folder (config.json + model.safetensors)")
+    c.add_argument("src", help="a local upstream checkpoint or a zoo name")
+    c.add_argument("dst", help="output folder")
+    c.add_argument("--format", default=None, help="force a converter (default: detected from the keys)")
+    c.add_argument("--num-heads", type=int, default=None)
+    c.add_argument("--decoder-num-heads", type=int, default=None)
+    c.add_argument("--cache-dir", default=None)
+    c.set_defaults(func=cmd_convert)
+    for name in LIGHTNING:
+        sub.add_parser(name, help=f"LightningCLI {name}: mimzoo {name} -c recipes/...yaml", add_help=False)
+    return p
+
+
+def lightning_cli(argv: list[str]):
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    return LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                        args=argv, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING:
+        lightning_cli(argv)
+        return 0
+    args = zoo_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"mimzoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
