@@ -78,20 +78,20 @@ def read_converted(path: str | os.PathLike, format: str | None = None, **hints) 
             return {"format": "mimzoo", "backbone": config}, {f"backbone.{k}": v for k, v in state_dict.items()}
         return config, state_dict
     obj = checkpoint.read(path)
-    if isinstance(obj, dict) and isinstance(obj.get("hyper_parameters"), dict) and "state_dict" in obj:
+    if isinstance(obj, dict) and "pytorch-lightning_version" in obj:
         return _from_lightning(obj, path)
     sd, meta = convert.unwrap(obj)
     return convert.convert(sd, meta, format=format, **hints)
 
 
 def _from_lightning(obj: dict, path: Path) -> tuple[dict, dict]:
-    hp = obj["hyper_parameters"]
-    backbone = hp.get("backbone")
-    if not isinstance(backbone, dict):
+    info = obj.get("mimzoo")
+    if not isinstance(info, dict) or "backbone" not in info:
         raise convert.UnsupportedCheckpointError(
-            f"{path} is a Lightning checkpoint without a mimzoo backbone config in its hyper_parameters; "
-            f"was it written by a mimzoo method?")
-    return {"format": "lightning", "backbone": backbone, "hyper_parameters": hp}, obj["state_dict"]
+            f"{path} is a Lightning checkpoint that was not written by a mimzoo method (no 'mimzoo' entry with "
+            f"the backbone config); load its state_dict yourself or save it from a mimzoo method")
+    return {"format": "lightning", "backbone": info["backbone"], "method": info["method"],
+            "hyper_parameters": dict(obj.get("hyper_parameters") or {})}, obj["state_dict"]
 
 
 def backbone_from_converted(config: dict, state_dict: dict, **overrides) -> ViT:

@@ -1,0 +1,46 @@
+"""Pretraining methods: one LightningModule each, on the shared backbone and `Method` base."""
+from __future__ import annotations
+
+from .base import Method, warmup_cosine, weight_decay_groups
+from .finetune import Finetune, layer_decay_groups
+from .mae import MAE, MAEOutput
+
+__all__ = ["Method", "MAE", "MAEOutput", "warmup_cosine", "weight_decay_groups",
+           "pretrainer_from_converted"]
+
+
+def _mae_from_converted(config: dict, overrides: dict) -> MAE:
+    dec = config.get("decoder")
+    if dec is None:
+        raise ValueError("this MAE checkpoint holds the encoder only (the released mae_pretrain_vit_* files); "
+                         "load it with model='backbone', or use the *_full / *_visualize zoo entries for the "
+                         "decoder")
+    norm_pix = config.get("norm_pix_loss")
+    return MAE(backbone=config["backbone"], decoder_embed_dim=dec["embed_dim"], decoder_depth=dec["depth"],
+               decoder_num_heads=overrides.get("decoder_num_heads") or dec["num_heads"],
+               norm_pix_loss=True if norm_pix is None else bool(norm_pix),
+               image_size=config["backbone"].get("img_size", 224))
+
+
+def pretrainer_from_converted(config: dict, state_dict: dict, **overrides):
+    """The method LightningModule for converted weights (upstream file, mimzoo folder or Lightning checkpoint)."""
+    import importlib
+
+    from ..loading import load_strict
+
+    if config.get("format") == "lightning":
+        module_name, _, cls_name = config["method"].rpartition(".")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        model = cls(**config.get("hyper_parameters", {}))
+    elif config.get("contents") == "finetuned":
+        bb = config["backbone"]
+        model = Finetune(backbone=bb, num_classes=bb["num_classes"], global_pool=bb.get("global_pool", "avg"),
+                         image_size=bb.get("img_size", 224))
+    elif config.get("method") == "mae":
+        model = _mae_from_converted(config, overrides)
+    else:
+        raise NotImplementedError(
+            f"model='pretrainer' is not available yet for {config.get('method')!r} checkpoints (its method is not "
+            f"implemented in this version); model='backbone' loads the encoder")
+    load_strict(model, state_dict, what=config.get("format", "checkpoint"))
+    return model.eval()

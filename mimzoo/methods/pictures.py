@@ -1,0 +1,52 @@
+"""Reconstruction pictures: what a MIM user looks at first to see whether training works."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+from ..checkpoint import atomic_path
+from ..models.decoders import patchify, unpatchify
+
+
+def reconstruction_grid(images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int,
+                        mean, std, norm_pix: bool, reference: torch.Tensor | None = None,
+                        max_rows: int = 8) -> torch.Tensor:
+    """One row per sample: [reference |] original | masked | reconstruction | reconstruction pasted into the
+    visible patches. Inputs are normalised images; with norm_pix the prediction is mapped back through each
+    patch's own mean and std, as MAE's visualisation does."""
+    n = min(max_rows, images.shape[0])
+    images, pred, mask = images[:n].float(), pred[:n].float(), mask[:n].float()
+    grid = images.shape[-2] // patch_size, images.shape[-1] // patch_size
+    target = patchify(images, patch_size)
+    if norm_pix:
+        pred = pred * (target.var(-1, keepdim=True) + 1e-6) ** 0.5 + target.mean(-1, keepdim=True)
+    m = mask.unsqueeze(-1)
+    recon = unpatchify(pred, patch_size, grid)
+    masked = unpatchify(target * (1 - m), patch_size, grid)
+    pasted = unpatchify(target * (1 - m) + pred * m, patch_size, grid)
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    columns = ([reference[:n].float()] if reference is not None else []) + [images, masked, recon, pasted]
+    tiles = torch.stack([(c * std + mean).clamp(0, 1) for c in columns], dim=1).flatten(0, 1)
+    return make_grid(tiles.cpu(), nrow=len(columns), padding=2, pad_value=1.0)
+
+
+class ReconstructionPictures:
+    """Mixin for LightningModules with `views` (mean/std), `backbone` and `hparams.norm_pix_loss`."""
+
+    def save_reconstructions(self, images: torch.Tensor, out, reference: torch.Tensor | None = None) -> Path | None:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or trainer.sanity_checking or trainer.global_rank != 0:
+            return None
+        every = max(1, int(self.hparams.get("picture_every_n_epochs", 1)))
+        if trainer.current_epoch % every:
+            return None
+        grid = reconstruction_grid(images, out.pred, out.mask, self.backbone.patch_embed.patch_size[0],
+                                   self.views.mean, self.views.std, self.hparams.norm_pix_loss, reference)
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "reconstructions"
+        path = folder / f"epoch_{trainer.current_epoch:04d}.png"
+        with atomic_path(path) as tmp:
+            save_image(grid, tmp, format="png")
+        return path
