@@ -21,6 +21,12 @@ def _metric_summary(entry: dict) -> str:
     return "; ".join(parts[:2])
 
 
+def zoo_markdown(rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows[1:]]
+    return "\n".join(lines)
+
+
 def cmd_models(args) -> int:
     from . import hub
 
@@ -36,6 +42,9 @@ def cmd_models(args) -> int:
             continue
         rows.append((n, str(e.get("method", "")), str(e.get("arch", "")), str(e.get("pretrain_data", "")),
                      str(e.get("license", "")), _metric_summary(e)))
+    if args.markdown:
+        print(zoo_markdown(rows))
+        return 0
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, r in enumerate(rows):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -80,6 +89,7 @@ def zoo_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("models", help="list the zoo (checkpoints.yaml) as a table")
     m.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'mae_*'")
+    m.add_argument("--markdown", action="store_true", help="print a Markdown table (docs/zoo.md is made so)")
     m.set_defaults(func=cmd_models)
     d = sub.add_parser("download", help="download and verify zoo checkpoints into the cache")
     d.add_argument("names", nargs="+")
