@@ -90,8 +90,7 @@ def _from_lightning(obj: dict, path: Path) -> tuple[dict, dict]:
         raise convert.UnsupportedCheckpointError(
             f"{path} is a Lightning checkpoint that was not written by a mimzoo method (no 'mimzoo' entry with "
             f"the backbone config); load its state_dict yourself or save it from a mimzoo method")
-    return {"format": "lightning", "backbone": info["backbone"], "method": info["method"],
-            "hyper_parameters": dict(obj.get("hyper_parameters") or {})}, obj["state_dict"]
+    return {"format": "lightning", **info}, obj["state_dict"]
 
 
 def backbone_from_converted(config: dict, state_dict: dict, **overrides) -> ViT:

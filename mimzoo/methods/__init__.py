@@ -28,10 +28,17 @@ def pretrainer_from_converted(config: dict, state_dict: dict, **overrides):
 
     from ..loading import load_strict
 
-    if config.get("format") == "lightning":
-        module_name, _, cls_name = config["method"].rpartition(".")
+    if "class_path" in config:  # written by a mimzoo method: Lightning checkpoint or save_pretrained folder
+        module_name, _, cls_name = config["class_path"].rpartition(".")
+        if not module_name.startswith("mimzoo."):  # a checkpoint never chooses arbitrary code to import
+            raise ValueError(f"refusing to build {config['class_path']!r}: only mimzoo methods can be rebuilt")
         cls = getattr(importlib.import_module(module_name), cls_name)
-        model = cls(**config.get("hyper_parameters", {}))
+        hp = dict(config.get("hyper_parameters", {}))
+        # rebuild from the saved backbone config: no second download of `pretrained` weights, exact architecture
+        hp.update(backbone=config["backbone"], backbone_kwargs=None)
+        if "pretrained" in hp:
+            hp["pretrained"] = None
+        model = cls(**hp)
     elif config.get("contents") == "finetuned":
         bb = config["backbone"]
         model = Finetune(backbone=bb, num_classes=bb["num_classes"], global_pool=bb.get("global_pool", "avg"),

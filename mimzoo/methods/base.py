@@ -2,13 +2,16 @@
 schedule, the lr scaling rule, and enough metadata in checkpoints for `mimzoo.load` to rebuild the model."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
+from ..checkpoint import atomic_path, write_safetensors
 from ..models import ViT, create_vit
 
 
@@ -75,7 +78,10 @@ class Method(L.LightningModule):
         trainer = self.trainer
         batch = getattr(trainer.datamodule, "batch_size", None) if trainer.datamodule is not None else None
         if batch is None:
-            batch = trainer.train_dataloader.batch_size if trainer.train_dataloader is not None else None
+            if trainer.train_dataloader is None:
+                trainer.fit_loop.setup_data()  # idempotent; Lightning would load it a moment later anyway
+            loader = trainer.train_dataloader
+            batch = getattr(loader, "batch_size", None)
         if batch is None:
             raise ValueError("cannot tell the per-device batch size: give the datamodule a `batch_size` "
                              "attribute or set `lr` explicitly")
@@ -90,13 +96,13 @@ class Method(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
+        total = self.trainer.estimated_stepping_batches
         lr = self.learning_rate()
         fused = self.device.type == "cuda"
         groups = self.optimizer_groups()
         for g in groups:  # per-group scales (layer-wise decay) are applied once, on the base lr
             g["lr"] = lr * g.pop("lr_scale", 1.0)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
-        total = self.trainer.estimated_stepping_batches
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = hp.warmup_epochs * total / epochs
         min_ratio = hp.min_lr / lr if lr > 0 else 0.0
@@ -105,10 +111,45 @@ class Method(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # -- checkpoints ------------------------------------------------------------------------------------------
+    def mimzoo_config(self) -> dict:
+        """Enough for mimzoo.load to rebuild the backbone (and the method) without the training config."""
+        return {"backbone": dict(self.backbone._hub_mixin_config),
+                "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                "hyper_parameters": dict(self.hparams)}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # enough for mimzoo.load to rebuild the backbone (and the method) without the training config
-        checkpoint["mimzoo"] = {"backbone": dict(self.backbone._hub_mixin_config),
-                                "method": f"{type(self).__module__}.{type(self).__qualname__}"}
+        checkpoint["mimzoo"] = self.mimzoo_config()
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """config.json + model.safetensors (huggingface_hub's layout); `mimzoo.load(dir)` gives the backbone,
+        `mimzoo.load(dir, model="pretrainer")` or `Class.from_pretrained(dir)` the method."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_safetensors(self.state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
+        with atomic_path(folder / "config.json") as tmp:
+            tmp.write_text(json.dumps({"format": "mimzoo", **self.mimzoo_config()}, indent=2, default=list))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "Method":
+        from ..loading import load
+
+        model = load(name_or_path, model="pretrainer", **kwargs)
+        if not isinstance(model, cls):
+            raise TypeError(f"{name_or_path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+        """save_pretrained into a temporary folder and upload it as one commit; returns the commit URL."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return str(api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message="mimzoo save_pretrained"))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.training_loss(batch)
