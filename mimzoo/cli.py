@@ -56,8 +56,13 @@ def cmd_models(args) -> int:
 def cmd_download(args) -> int:
     from . import hub
 
+    from .loading import _from_hub
+
     for name in args.names:
-        path, _ = hub.fetch(name, cache_dir=args.cache_dir, progress=not args.quiet)
+        if name.startswith("hf-hub:"):
+            path = _from_hub(name[len("hf-hub:"):], args.cache_dir)
+        else:
+            path, _ = hub.fetch(name, cache_dir=args.cache_dir, progress=not args.quiet)
         print(f"{name}: {path}")
     return 0
 
@@ -92,7 +97,7 @@ def zoo_parser() -> argparse.ArgumentParser:
     m.add_argument("--markdown", action="store_true", help="print a Markdown table (docs/zoo.md is made so)")
     m.set_defaults(func=cmd_models)
     d = sub.add_parser("download", help="download and verify zoo checkpoints into the cache")
-    d.add_argument("names", nargs="+")
+    d.add_argument("names", nargs="+", help="zoo names or hf-hub:org/repo[@revision]")
     d.add_argument("--cache-dir", default=None)
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_download)

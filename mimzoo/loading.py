@@ -43,6 +43,10 @@ def load(name_or_path: str | os.PathLike, *, model: str = "backbone", format: st
     else:
         path, e = hub.fetch(source, cache_dir=cache_dir, progress=progress)
         format = format or e.get("format")
+        # the zoo records head counts, which the weights cannot show
+        overrides.setdefault("num_heads", e.get("num_heads"))
+        overrides.setdefault("decoder_num_heads", (e.get("decoder") or {}).get("num_heads"))
+        overrides = {k: v for k, v in overrides.items() if v is not None}
     config, state_dict = read_converted(path, format=format, **{k: overrides[k] for k in HINTS & set(overrides)})
     if model == "pretrainer":
         from .methods import pretrainer_from_converted
