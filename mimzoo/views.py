@@ -1,12 +1,34 @@
-"""View makers that run batched on the training device (called from `on_after_batch_transfer`).
+"""View makers that run batched on the training device (called from a LightningModule's `on_after_batch_transfer`).
 
-Input: uint8 images (B, 3, H, W). Output: normalised float views plus the parameters that relate them to the
-source (crop boxes in source pixels as x0, y0, x1, y1; flips). Randomness comes from the global torch RNG, so
-`lightning.seed_everything` makes every draw reproducible.
+Input: uint8 images (B, 3, H, W) on any device (float input is taken as already in [0, 1]). Output: a small dataclass
+with float32 views normalised with mean/std, and the parameters that relate each view to its source image: crop
+boxes as (x0, y0, x1, y1) in source pixels (x1, y1 exclusive, always in the UNFLIPPED source frame) and flip flags.
+
+Built on Kornia: `RandomResizedCrop` / `RandomCrop` / `CenterCrop` in "slice" mode with half-pixel resizing
+(`align_corners=False`, as torchvision and PIL resize), `RandomHorizontalFlip`, `ColorJitter`, `RandomGrayscale`,
+`RandomGaussianBlur`, `RandomSolarize`, `Resize`, `Normalize`. Crop boxes are read from Kornia's own parameters.
+
+Randomness. Every draw comes from the CPU generator (`torch.default_generator`), also when the module sits on
+CUDA (the Kornia samplers are pinned to the CPU, whatever `.to()` says). So `lightning.seed_everything(s)` (or
+`torch.manual_seed(s)`) makes every view reproducible, a given seed draws the same boxes and flips on CPU and CUDA,
+and the drawn crop indices need no device-to-host sync. `forward(..., seed=k)` draws from a private CPU generator
+state seeded with `k` (`torch.random.fork_rng`), leaving the global state untouched: use it for reproducible
+pictures or tests. Under DDP with one seed on every rank, offset the seed by the rank if the ranks must not share
+draws (upstream seeds `seed + rank`).
+
+`module.eval()` makes every view maker deterministic: MAE's eval transform (resize the shorter side to
+`size / 0.875`, centre crop `size`), no flips, no swaps, no colour.
+
+Deviations from the upstream (PIL / torchvision, per-image) pipelines, common to all makers: bicubic resizing is
+torch's (`F.interpolate`, a = -0.75, clamped to [0, 1]; PIL uses a = -0.5 and antialiases when shrinking, Kornia's
+crop-resize does not antialias; the datamodules decode to about 256 px, so shrinking is small); colour ops run in
+float without PIL's uint8 rounding after each op.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import kornia.augmentation as K
 import torch
@@ -14,46 +36,250 @@ from torch import nn
 
 from .models import IMAGENET_MEAN, IMAGENET_STD
 
+__all__ = ["Views", "Pair", "TwoViews", "RelativeBoxes", "MAEViews", "PairViews", "CroCoPairViews", "TwoCropViews",
+           "relative_boxes"]
+
 
 @dataclass
 class Views:
-    images: torch.Tensor  # (B, 3, size, size) float, normalised
-    boxes: torch.Tensor  # (B, 4) x0, y0, x1, y1 of the crop in source pixels (before any flip)
-    flipped: torch.Tensor  # (B,) bool
+    images: torch.Tensor  # (B, 3, size, size) float32, normalised
+    boxes: torch.Tensor  # (B, 4) float32 x0, y0, x1, y1 of the crop in source pixels (unflipped frame)
+    flipped: torch.Tensor  # (B,) bool: the view is the horizontally mirrored crop
 
 
-class MAEViews(nn.Module):
-    """MAE's training view: RandomResizedCrop(size, scale, ratio, bicubic) + horizontal flip + normalisation,
-    one independent draw per sample. In eval mode: resize the shorter side to size / 0.875 and center crop."""
+@dataclass
+class Pair:
+    images1: torch.Tensor  # (B, 3, size, size) float32, normalised; the view to mask
+    images2: torch.Tensor  # (B, 3, size, size) float32, normalised; the reference view
+    swapped: torch.Tensor  # (B,) bool: images1 came from the second input
+
+
+class RelativeBoxes(NamedTuple):
+    """SiameseIM's relative geometry of view 2 in view 1 (`DataAugmentationForSIM` outputs 2..7); a tuple, so it can be
+    passed as the model's `rel_pos_21` argument as is."""
+    delta_i: torch.Tensor
+    delta_j: torch.Tensor
+    delta_h: torch.Tensor
+    delta_w: torch.Tensor
+    relative_flip: torch.Tensor  # bool
+    flip_delta_j: torch.Tensor
+
+
+@dataclass
+class TwoViews:
+    images1: torch.Tensor  # (B, 3, size, size) float32, normalised
+    images2: torch.Tensor
+    boxes1: torch.Tensor  # (B, 4) x0, y0, x1, y1 in source pixels (unflipped frame)
+    boxes2: torch.Tensor
+    flipped1: torch.Tensor  # (B,) bool
+    flipped2: torch.Tensor
+    source_size: tuple[int, int]  # (H, W) of the source images
+
+    def relative_boxes(self) -> RelativeBoxes:
+        return relative_boxes(self.boxes1, self.boxes2, self.flipped1, self.flipped2, self.source_size[1])
+
+
+def relative_boxes(boxes1: torch.Tensor, boxes2: torch.Tensor, flipped1: torch.Tensor, flipped2: torch.Tensor,
+                   width: float | torch.Tensor) -> RelativeBoxes:
+    """SiameseIM's `(delta_i, delta_j, delta_h, delta_w, relative_flip, flip_delta_j)` =
+    `((i2-i1)/h1, (j2-j1)/w1, h2/h1, w2/w1, flip1 xor flip2, (W-j1-j2)/w1)` with (i, j, h, w) the crop's top, left,
+    height, width in pixels, j measured in the view's own frame: upstream flips the whole image, then crops, so a
+    flipped view's left edge is `W - x1`. boxes: (B, 4) x0, y0, x1, y1 in the unflipped source frame; width: W (a
+    number or a (B,) tensor)."""
+    def ijhw(boxes, flipped):
+        x0, y0, x1, y1 = boxes.float().unbind(-1)
+        return y0, torch.where(flipped.bool(), width - x1, x0), y1 - y0, x1 - x0
+
+    (i1, j1, h1, w1), (i2, j2, h2, w2) = ijhw(boxes1, flipped1), ijhw(boxes2, flipped2)
+    return RelativeBoxes((i2 - i1) / h1, (j2 - j1) / w1, h2 / h1, w2 / w1, flipped1.bool() ^ flipped2.bool(),
+                         (width - j1 - j2) / w1)
+
+
+class _ViewMaker(nn.Module):
+    """Shared logic: uint8 -> float, normalisation, boxes and flags from Kornia's parameters, the eval transform,
+    CPU-pinned sampling and per-call seeding."""
+
+    def __init__(self, size: int, mean, std, interpolation: str = "bicubic"):
+        super().__init__()
+        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+        self.normalize = K.Normalize(torch.tensor(self.mean), torch.tensor(self.std))
+        self.eval_resize = K.Resize(int(size / 0.875), side="short", resample=interpolation, align_corners=False,
+                                    antialias=True)
+        self.center = K.CenterCrop(size)
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        for m in self.modules():  # keep every Kornia sampler on the CPU generator (see the module docstring)
+            if m is not self and hasattr(m, "set_rng_device_and_dtype"):
+                m.set_rng_device_and_dtype(torch.device("cpu"), torch.float32)
+        return out
+
+    def forward(self, *images: torch.Tensor, seed: int | None = None):
+        with _seeded(seed) if seed is not None else nullcontext():
+            return self.make(*images)
+
+    def make(self, *images: torch.Tensor):
+        raise NotImplementedError
+
+    @staticmethod
+    def _float(images: torch.Tensor) -> torch.Tensor:
+        return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalize(x.clamp(0, 1)).float()  # clamp: bicubic overshoots
+
+    @staticmethod
+    def _boxes(aug: nn.Module, device, scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+        """(B, 4) x0, y0, x1, y1 from a Kornia crop's `src` corners (TL, TR, BR, BL; inclusive pixel indices)."""
+        src = aug._params["src"].float()
+        boxes = torch.cat([src[:, 0], src[:, 2] + 1], dim=1)
+        return (boxes / boxes.new_tensor(scale).repeat(2)).to(device, non_blocking=True)
+
+    @staticmethod
+    def _applied(aug: nn.Module, device) -> torch.Tensor:
+        return aug._params["batch_prob"].to(device, non_blocking=True) > 0.5
+
+    def _center_view(self, images: torch.Tensor, resize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic view: (resize the shorter side to size / 0.875, then) centre crop; its source box."""
+        x = self._float(images)
+        h, w = x.shape[-2:]
+        if resize:
+            x = self.eval_resize(x)
+        scale = (x.shape[-1] / w, x.shape[-2] / h)  # resized pixels per source pixel (half-pixel grid)
+        x = self.center(x)
+        return x, self._boxes(self.center, x.device, scale)
+
+
+@contextmanager
+def _seeded(seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
+        yield
+
+
+class MAEViews(_ViewMaker):
+    """MAE's training view (`RandomResizedCrop(size, scale, ratio, bicubic)` + `RandomHorizontalFlip(hflip)` +
+    normalisation), one independent draw per sample; `forward(images, seed=None) -> Views`. In eval mode: resize the
+    shorter side to size / 0.875 (256 for 224) and centre crop, no flip (MAE's eval transform)."""
 
     def __init__(self, size: int = 224, scale: tuple[float, float] = (0.2, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        super().__init__()
-        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
-        self.crop = K.RandomResizedCrop((size, size), scale=scale, ratio=ratio, resample="bicubic")
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = "bicubic"):
+        super().__init__(size, mean, std, interpolation)
+        self.crop = K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(ratio), resample=interpolation,
+                                        align_corners=False)
         self.flip = K.RandomHorizontalFlip(p=hflip)
-        self.resize = K.Resize(int(size / 0.875), side="short", resample="bicubic", antialias=True)
-        self.center = K.CenterCrop(size)
-        self.normalize = K.Normalize(torch.tensor(self.mean), torch.tensor(self.std))
 
-    def forward(self, images: torch.Tensor) -> Views:
-        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-        B = x.shape[0]
+    def make(self, images: torch.Tensor) -> Views:
         if not self.training:
-            x = self.center(self.resize(x))
-            return Views(self.normalize(x), self._center_boxes(images.shape[-2:], B, x.device),
-                         torch.zeros(B, dtype=torch.bool, device=x.device))
-        x = self.crop(x).clamp_(0, 1)  # bicubic overshoots
-        corners = self.crop._params["src"].to(x.device)  # (B, 4, 2) corners of each crop, (x, y) pixels
-        boxes = torch.cat([corners[:, 0], corners[:, 2] + 1], dim=1)
+            x, boxes = self._center_view(images)
+            return Views(self._out(x), boxes, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
+        x = self.crop(self._float(images))
+        boxes = self._boxes(self.crop, x.device)
         x = self.flip(x)
-        flipped = self.flip._params["batch_prob"].to(device=x.device, dtype=torch.bool)
-        return Views(self.normalize(x), boxes, flipped)
+        return Views(self._out(x), boxes, self._applied(self.flip, x.device))
 
-    def _center_boxes(self, hw, batch: int, device) -> torch.Tensor:
-        h, w = hw
-        s = self.size / 0.875 / min(h, w)  # source pixels per resized pixel: 1 / s
-        side = self.size / s
-        x0, y0 = (w - side) / 2, (h - side) / 2
-        return torch.tensor([x0, y0, x0 + side, y0 + side], device=device).expand(batch, 4)
+
+class PairViews(_ViewMaker):
+    """MIMIC's cross-view loader (`MultiViewDataset` + `ToTensor` + `Normalize`): the stored views, randomly swapped
+    with probability `swap` per pair (upstream: `random.choice([0, 1])`), no other augmentation.
+    `forward(images1, images2, seed=None) -> Pair`. Inputs of another size than `size` are resized (bicubic) to it
+    (upstream expects 224x224 files). Eval mode: no swap."""
+
+    def __init__(self, size: int = 224, swap: float = 0.5, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 interpolation: str = "bicubic"):
+        super().__init__(size, mean, std, interpolation)
+        self.swap = swap
+        self.resize = K.Resize((size, size), resample=interpolation, align_corners=False, antialias=True)
+
+    def make(self, images1: torch.Tensor, images2: torch.Tensor) -> Pair:
+        x1, x2 = self._float(images1), self._float(images2)
+        if x1.shape[-2:] != (self.size, self.size):
+            x1, x2 = self.resize(x1), self.resize(x2)
+        B = x1.shape[0]
+        if self.training:
+            swapped = (torch.rand(B) < self.swap).to(x1.device, non_blocking=True)
+        else:
+            swapped = torch.zeros(B, dtype=torch.bool, device=x1.device)
+        s = swapped[:, None, None, None]
+        return Pair(self._out(torch.where(s, x2, x1)), self._out(torch.where(s, x1, x2)), swapped)
+
+
+class CroCoPairViews(_ViewMaker):
+    """CroCo's pair augmentation `crop224+acolor` (`datasets/transforms.py`): `RandomCropPair` = an independent
+    `RandomCrop(size)` on each image (no resize: the crop windows intentionally differ), then `ColorJitterPair(
+    assymetric_prob=1)` = an independent `ColorJitter(brightness=contrast=saturation=(0.6, 1.4), hue=0)` per image,
+    then normalisation. No flips and no swap: upstream has none (the paper's homography/rotation augmentations were
+    removed in naver/croco@19a6a8e). `forward(images1, images2, seed=None) -> TwoViews` (flips all False).
+    Not exact: Kornia draws the jitter's op order once per batch and view, torchvision once per image, and jitters in
+    float instead of on uint8 PIL images. Eval mode: centre crop of both, no jitter."""
+
+    def __init__(self, size: int = 224, brightness=(0.6, 1.4), contrast=(0.6, 1.4), saturation=(0.6, 1.4),
+                 hue: float = 0.0, color: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__(size, mean, std)
+        self.crop = K.RandomCrop((size, size))
+        self.jitter = (K.ColorJitter(brightness, contrast, saturation, hue, p=1.0) if color else nn.Identity())
+
+    def make(self, images1: torch.Tensor, images2: torch.Tensor) -> TwoViews:
+        B, device = images1.shape[0], images1.device
+        no_flip = torch.zeros(B, dtype=torch.bool, device=device)
+        if not self.training:
+            (x1, b1), (x2, b2) = self._center_view(images1, False), self._center_view(images2, False)
+        else:
+            x1 = self.crop(self._float(images1))
+            b1 = self._boxes(self.crop, device)
+            x2 = self.crop(self._float(images2))
+            b2 = self._boxes(self.crop, device)
+            x1, x2 = self.jitter(x1), self.jitter(x2)
+        return TwoViews(self._out(x1), self._out(x2), b1, b2, no_flip, no_flip, tuple(images1.shape[-2:]))
+
+
+class TwoCropViews(_ViewMaker):
+    """SiameseIM's `DataAugmentationForSIM`: two independent `RandomResizedCrop(size, scale, ratio, bicubic)` of the
+    same image (release `crop_min` 0.08), each with its own horizontal flip (p = `hflip`), then asymmetric colour
+    (`color=True`): both views `ColorJitter(0.4, 0.4, 0.2, 0.1)` p=0.8 and `RandomGrayscale` p=0.2; view 1
+    `GaussianBlur(sigma in (0.1, 2))` p=1.0; view 2 the blur with p=0.1 and `Solarize(128/255)` p=0.2.
+    `forward(images, seed=None) -> TwoViews`; `TwoViews.relative_boxes()` (or `TwoCropViews.relative_boxes(...)`)
+    gives the `(delta_i, delta_j, delta_h, delta_w, relative_flip, flip_delta_j)` tuple the model takes.
+    Upstream flips the whole image, then crops; here the crop is drawn on the unflipped image and the crop is
+    flipped: the same pixels and the same distribution (the sampler is mirror-symmetric), and `relative_boxes`
+    mirrors the box (j = W - x1) for flipped views. Not exact: PIL's blur (radius = sigma, box approximation) vs a
+    23-px Gaussian kernel; the jitter's op order is drawn once per batch and view. Eval mode: both views are MAE's
+    eval view (resize, centre crop), unflipped, no colour."""
+
+    relative_boxes = staticmethod(relative_boxes)
+
+    def __init__(self, size: int = 224, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5, color: bool = True,
+                 blur_kernel: int = 23, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = "bicubic"):
+        super().__init__(size, mean, std, interpolation)
+        self.crop = K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(ratio), resample=interpolation,
+                                        align_corners=False)
+        self.flip = K.RandomHorizontalFlip(p=hflip)
+
+        def colour(blur_p: float, solarize_p: float) -> nn.Module:
+            if not color:
+                return nn.Identity()
+            ops = [K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8), K.RandomGrayscale(p=0.2),
+                   K.RandomGaussianBlur(blur_kernel, (0.1, 2.0), p=blur_p)]
+            if solarize_p:
+                ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))  # threshold exactly 0.5
+            return nn.Sequential(*ops)
+
+        self.color1, self.color2 = colour(1.0, 0.0), colour(0.1, 0.2)
+
+    def make(self, images: torch.Tensor) -> TwoViews:
+        B, device = images.shape[0], images.device
+        if not self.training:
+            x, b = self._center_view(images)
+            no_flip = torch.zeros(B, dtype=torch.bool, device=device)
+            out = self._out(x)
+            return TwoViews(out, out.clone(), b, b.clone(), no_flip, no_flip, tuple(images.shape[-2:]))
+        src, views = self._float(images), []
+        for colour in (self.color1, self.color2):
+            x = self.crop(src)
+            boxes = self._boxes(self.crop, device)
+            x = self.flip(x).clamp(0, 1)
+            views.append((self._out(colour(x)), boxes, self._applied(self.flip, device)))
+        (x1, b1, f1), (x2, b2, f2) = views
+        return TwoViews(x1, x2, b1, b2, f1, f2, tuple(images.shape[-2:]))

@@ -30,6 +30,8 @@ def reconstruction_grid(images: torch.Tensor, pred: torch.Tensor, mask: torch.Te
     std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
     columns = ([reference[:n].float()] if reference is not None else []) + [images, masked, recon, pasted]
     tiles = torch.stack([(c * std + mean).clamp(0, 1) for c in columns], dim=1).flatten(0, 1)
+    if tiles.shape[-1] < 128:  # small training images: enlarge (nearest) so patches stay visible
+        tiles = torch.nn.functional.interpolate(tiles, scale_factor=128 // tiles.shape[-1], mode="nearest")
     return make_grid(tiles.cpu(), nrow=len(columns), padding=2, pad_value=1.0)
 
 
