@@ -35,6 +35,15 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """No test reads or writes the user's real cache."""
+def _isolated(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's real cache, or talks to the real Hub."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("MIMZOO_CACHE", str(tmp_path_factory.mktemp("cache")))
+    for var in ("HF_HUB_OFFLINE", "HF_ENDPOINT", "MIMZOO_GDRIVE_ENDPOINT", "HF_TOKEN", "MIMZOO_REGISTRY"):
+        monkeypatch.delenv(var, raising=False)
+    # huggingface_hub reads these once at import; a CI that exports HF_HUB_OFFLINE=1 must not flip the online tests,
+    # and telemetry would ask the real Hub for its agent registry while building the user agent
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)

@@ -16,17 +16,6 @@ DATA = os.urandom(300_000)  # several read chunks of urllib/httpx, so progress a
 DIGEST = hashlib.sha256(DATA).hexdigest()
 
 
-@pytest.fixture(autouse=True)
-def _no_real_hub(monkeypatch):
-    for var in ("HF_HUB_OFFLINE", "HF_ENDPOINT", "MIMZOO_GDRIVE_ENDPOINT", "HF_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    # huggingface_hub reads these once at import; a CI that exports HF_HUB_OFFLINE=1 must not flip the online tests,
-    # and telemetry would ask the real Hub for its agent registry while building the user agent
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)
-
-
 @pytest.fixture
 def hub(monkeypatch):
     with HubServer({(REPO, FILE): DATA, (REPO, "config.json"): b'{"depth": 2}'}) as server:
