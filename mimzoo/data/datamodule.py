@@ -18,28 +18,30 @@ from .sample import sample_folder
 
 
 class EpochShuffle(Sampler[int]):
-    """A permutation per epoch drawn from (seed, epoch), that can start part-way: the resumable sampler."""
+    """A permutation per epoch drawn from (seed, epoch), split across ranks, that can start part-way.
+    Lightning calls `set_epoch` at every epoch start (and restores the epoch on resume)."""
 
-    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, drop_last: bool = True):
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1):
         self.size, self.seed, self.rank, self.world = size, seed, rank, world
-        self.per_rank = size // world if drop_last else -(-size // world)
+        self.per_rank = size // world
         self.epoch, self.start = 0, 0
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __len__(self) -> int:
-        return self.per_rank - self.start
+        return self.per_rank
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=g).tolist()
-        order = (order * 2)[: self.per_rank * self.world]  # pad by wrapping, like DistributedSampler
-        mine = order[self.rank::self.world]
+        mine = torch.randperm(self.size, generator=g)[: self.per_rank * self.world][self.rank::self.world].tolist()
         start, self.start = self.start, 0
         return iter(mine[start:])
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader with Lightning's `state_dict`/`load_state_dict` protocol: it remembers the epoch and how many
-    batches the training loop took, and on reload starts the same permutation at the next batch."""
+    """A DataLoader with Lightning's `state_dict`/`load_state_dict` protocol: it counts the batches the training
+    loop has taken this epoch, and after a reload starts the same permutation right after them."""
 
     def __init__(self, dataset, sampler: EpochShuffle, batch_size: int, **kwargs):
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
@@ -50,8 +52,6 @@ class ResumableLoader(DataLoader):
         for batch in super().__iter__():
             self.taken += 1
             yield batch
-        self.sampler.epoch += 1
-        self.taken = 0
 
     def state_dict(self) -> dict:
         return {"epoch": self.sampler.epoch, "taken": self.taken}
@@ -74,6 +74,7 @@ class ImageDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.skipped_images = 0
+        self._pending_loader_state = None
 
     @staticmethod
     def _is_shards(data: str) -> bool:
@@ -110,7 +111,11 @@ class ImageDataModule(L.LightningDataModule):
         dataset = ImageFolderDataset(self.train_files * hp.repeats, hp.size)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         sampler = EpochShuffle(len(dataset), hp.seed, rank, world)
-        return ResumableLoader(dataset, sampler, hp.batch_size, drop_last=True, **self._loader_kwargs())
+        self._train_loader = ResumableLoader(dataset, sampler, hp.batch_size, drop_last=True, **self._loader_kwargs())
+        if self._pending_loader_state:
+            self._train_loader.load_state_dict(self._pending_loader_state)
+            self._pending_loader_state = None
+        return self._train_loader
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams
@@ -133,8 +138,13 @@ class ImageDataModule(L.LightningDataModule):
         if self.skipped_images:
             rank_zero_warn(f"skipped {self.skipped_images} corrupt or unreadable images (warned once per file)")
 
+    # The loader position also travels with the datamodule state: Lightning restores it before any loader exists,
+    # whereas its own loader-state restore is skipped once `estimated_stepping_batches` (used for the lr schedule)
+    # has built the loader before the checkpoint's loop state is read.
     def state_dict(self) -> dict:
-        return {"skipped_images": self.skipped_images}
+        loader = getattr(self, "_train_loader", None)
+        return {"skipped_images": self.skipped_images, "train_loader": loader.state_dict() if loader else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.skipped_images = state.get("skipped_images", 0)
+        self._pending_loader_state = state.get("train_loader")

@@ -151,8 +151,11 @@ class Method(L.LightningModule):
             self.save_pretrained(tmp)
             return str(api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message="mimzoo save_pretrained"))
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if batch["image"].shape[0] == 0:  # every image of this batch was corrupt (already counted and reported)
+            return None
         out = self.training_loss(batch)
         loss = out if isinstance(out, torch.Tensor) else out.loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        # not on the progress bar: that would read the loss back from the device every step
+        self.log("train/loss", loss, batch_size=batch["image"].shape[0])
         return loss
