@@ -61,7 +61,23 @@ class ResumableLoader(DataLoader):
         self.sampler.start = state["taken"] * self.batch_size
 
 
-class ImageDataModule(L.LightningDataModule):
+class CountsSkipped(L.LightningDataModule):
+    """Sums the `skipped` counts that `collate_images` puts in each batch, and reports the total at the end."""
+
+    skipped_images = 0
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        skipped = batch.pop("skipped", None)
+        if skipped is not None:
+            self.skipped_images += int(skipped)  # a CPU tensor: no device sync
+        return batch
+
+    def teardown(self, stage: str) -> None:
+        if self.skipped_images:
+            rank_zero_warn(f"skipped {self.skipped_images} corrupt or unreadable images (warned once per file)")
+
+
+class ImageDataModule(CountsSkipped):
     """data: "sample" (the scikit-image photos), an image folder, or WebDataset shards ("shards-{000..099}.tar").
     val_data: a folder or shards; default: "sample" holds out every 4th photo, a folder every `val_every`-th file.
     size: the square size images are decoded to (the views crop from it). repeats: an epoch passes over the
@@ -73,7 +89,6 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.batch_size = batch_size
-        self.skipped_images = 0
         self._pending_loader_state = None
 
     @staticmethod
@@ -127,16 +142,6 @@ class ImageDataModule(L.LightningDataModule):
             return shard_loader(hp.val_data, hp.size, hp.batch_size, 0, None, **self._loader_kwargs())
         return DataLoader(ImageFolderDataset(self.val_files, hp.size), batch_size=hp.batch_size, shuffle=False,
                           **self._loader_kwargs())
-
-    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        skipped = batch.pop("skipped", None)
-        if skipped is not None:
-            self.skipped_images += int(skipped)  # a CPU tensor: no device sync
-        return batch
-
-    def teardown(self, stage: str) -> None:
-        if self.skipped_images:
-            rank_zero_warn(f"skipped {self.skipped_images} corrupt or unreadable images (warned once per file)")
 
     # The loader position also travels with the datamodule state: Lightning restores it before any loader exists,
     # whereas its own loader-state restore is skipped once `estimated_stepping_batches` (used for the lr schedule)

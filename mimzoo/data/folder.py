@@ -35,20 +35,24 @@ def list_images(root: str | os.PathLike, extensions=IMAGE_EXTENSIONS) -> list[Pa
 
 
 class ImageFolderDataset(Dataset):
-    """Items are {"image": uint8 (3, size, size), "index": int}, or None for a file that cannot be decoded."""
+    """Items are {"image": uint8 (3, size, size), "index": int[, "label": int]}, or None for a file that cannot
+    be decoded."""
 
-    def __init__(self, files: list[Path], size: int = 256):
-        self.files, self.size = list(files), size
+    def __init__(self, files: list[Path], size: int = 256, labels: list[int] | None = None):
+        self.files, self.size, self.labels = list(files), size, labels
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict | None:
         try:
-            return {"image": decode_image(self.files[index], self.size), "index": index}
+            item = {"image": decode_image(self.files[index], self.size), "index": index}
         except CorruptImageError as e:
             report_corrupt(e)
             return None
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
 
 
 def collate_images(items: list[dict | None]) -> dict:

@@ -1,0 +1,66 @@
+"""ImageNet-style class folders (`root/train/<class>/*.JPEG`, `root/val/<class>/*.JPEG`) for fine-tuning."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .datamodule import CountsSkipped, EpochShuffle, ResumableLoader
+from .folder import ImageFolderDataset, collate_images, list_images
+
+
+def class_folder(split: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
+    """(files, labels, class names); class index = position in the sorted list of sub-folders of `split`."""
+    if not split.is_dir():
+        raise FileNotFoundError(f"expected a split folder {split} with one sub-folder per class "
+                                f"(ImageNet layout: root/train/n01440764/*.JPEG, root/val/n01440764/*.JPEG)")
+    found = sorted(p.name for p in split.iterdir() if p.is_dir())
+    if not found:
+        raise FileNotFoundError(f"{split} has no class sub-folders; found files "
+                                f"{sorted(p.name for p in split.iterdir())[:5]} instead")
+    classes = classes or found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise ValueError(f"{split} has classes that the training split lacks: {unknown[:5]}")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        if (split / name).is_dir():
+            for f in list_images(split / name):
+                files.append(f)
+                labels.append(label)
+    return files, labels, classes
+
+
+class ClassFolderDataModule(CountsSkipped):
+    """Batches {"image": uint8 (B, 3, size, size), "label": int64 (B,), "index"}; augmentation runs on the device
+    in the method. `size` is the decode size (the views crop from it)."""
+
+    def __init__(self, root: str, train_split: str = "train", val_split: str = "val", size: int = 256,
+                 batch_size: int = 64, num_workers: int = 8, seed: int = 0, pin_memory: bool = True):
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+
+    def setup(self, stage: str | None = None) -> None:
+        root = Path(self.hparams.root)
+        self.train = class_folder(root / self.hparams.train_split)
+        self.classes = self.train[2]
+        self.val = class_folder(root / self.hparams.val_split, self.classes)
+
+    def _kwargs(self) -> dict:
+        hp = self.hparams
+        return {"num_workers": hp.num_workers, "collate_fn": collate_images,
+                "pin_memory": hp.pin_memory and torch.cuda.is_available(), "persistent_workers": hp.num_workers > 0}
+
+    def train_dataloader(self) -> DataLoader:
+        files, labels, _ = self.train
+        dataset = ImageFolderDataset(files, self.hparams.size, labels)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return ResumableLoader(dataset, EpochShuffle(len(dataset), self.hparams.seed, rank, world),
+                               self.batch_size, drop_last=True, **self._kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        files, labels, _ = self.val
+        return DataLoader(ImageFolderDataset(files, self.hparams.size, labels), batch_size=self.batch_size,
+                          **self._kwargs())
