@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .base import Method, warmup_cosine, weight_decay_groups
+from .croco import MIMIC, CroCo, CroCoOutput
 from .finetune import Finetune, layer_decay_groups
 from .mae import MAE, MAEOutput
 
@@ -45,6 +46,16 @@ def pretrainer_from_converted(config: dict, state_dict: dict, **overrides):
                          image_size=bb.get("img_size", 224))
     elif config.get("method") == "mae":
         model = _mae_from_converted(config, overrides)
+    elif config.get("method") in ("croco", "mimic"):
+        dec = config["decoder"]
+        if dec is None:
+            raise ValueError("this checkpoint holds the encoder only; load it with model='backbone'")
+        cls = CroCo if config["method"] == "croco" else MIMIC
+        model = cls(backbone=config["backbone"], mask_ratio=config.get("mask_ratio", 0.9),
+                    decoder_embed_dim=dec["embed_dim"], decoder_depth=dec["depth"],
+                    decoder_num_heads=overrides.get("decoder_num_heads") or dec["num_heads"],
+                    image_size=config["backbone"].get("img_size", 224),
+                    norm_pix_loss=config.get("norm_pix_loss") is not False)
     else:
         raise NotImplementedError(
             f"model='pretrainer' is not available yet for {config.get('method')!r} checkpoints (its method is not "

@@ -4,8 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import Block
-from .pos_embed import sincos_2d
+from timm.layers import apply_rot_embed_cat
+from timm.models.vision_transformer import Attention
+
+from .blocks import Block, RopeAttention
+from .pos_embed import rope_2d, sincos_2d
 from .vit import gather_tokens, mae_init_
 
 
@@ -74,4 +77,91 @@ class MAEDecoder(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         x = self.norm(x)
+        return self.pred(x[:, self.num_prefix_tokens:]), x
+
+
+class CrossAttention(nn.Module):
+    """Queries from the view being completed, keys/values from the reference view (CroCo's projq/projk/projv)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.projq = nn.Linear(dim, dim, bias=qkv_bias)
+        self.projk = nn.Linear(dim, dim, bias=qkv_bias)
+        self.projv = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, rope_x: torch.Tensor | None = None,
+                rope_y: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        heads = lambda t: t.reshape(B, t.shape[1], self.num_heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = heads(self.projq(x)), heads(self.projk(y)), heads(self.projv(y))
+        if rope_x is not None:
+            q = apply_rot_embed_cat(q, rope_x, half=True).type_as(v)
+            k = apply_rot_embed_cat(k, rope_y, half=True).type_as(v)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+class CrossBlock(Block):
+    """CroCo's decoder block: self-attention, then cross-attention to the (normed) reference tokens, then MLP.
+    The reference tokens pass through unchanged; every block has its own `norm_y`."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_layer=nn.LayerNorm, rope: bool = False):
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer,
+                         attn_layer=RopeAttention if rope else Attention)
+        self.cross_attn = CrossAttention(dim, num_heads)
+        self.norm3 = norm_layer(dim)
+        self.norm_y = norm_layer(dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, rope_x: torch.Tensor | None = None,
+                rope_y: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + (self.attn(self.norm1(x), rope=rope_x) if rope_x is not None else self.attn(self.norm1(x)))
+        y = self.norm_y(y)
+        x = x + self.cross_attn(self.norm2(x), y, rope_x, rope_y)
+        return x + self.mlp(self.norm3(x))
+
+
+class CrossDecoder(MAEDecoder):
+    """Cross-view completion decoder (CroCo; MIMIC's multi-view MAE): MAE's decoder whose blocks also attend to
+    the encoded reference view. Positions: a fixed sin-cos table on both sequences, or RoPE (CroCo v2)."""
+
+    def __init__(self, in_dim: int, num_patches: int, grid: tuple[int, int], pred_dim: int, embed_dim: int = 512,
+                 depth: int = 8, num_heads: int = 16, mlp_ratio: float = 4.0, num_prefix_tokens: int = 0,
+                 rope_base: float | None = None, norm_eps: float = 1e-6):
+        super().__init__(in_dim, num_patches, grid, pred_dim, embed_dim, 0, num_heads, mlp_ratio, num_prefix_tokens,
+                         norm_eps)
+        norm = lambda d, **kw: nn.LayerNorm(d, eps=norm_eps, **kw)  # noqa: E731
+        self.blocks = nn.ModuleList(CrossBlock(embed_dim, num_heads, mlp_ratio, norm, rope=rope_base is not None)
+                                    for _ in range(depth))
+        if rope_base is not None:
+            del self.pos_embed
+            self.pos_embed = None
+            self.register_buffer("rope", rope_2d(embed_dim // num_heads, grid, rope_base), persistent=False)
+            for blk in self.blocks:
+                blk.attn.num_prefix_tokens = num_prefix_tokens
+        mae_init_(self)
+
+    def forward(self, latent: torch.Tensor, reference: torch.Tensor, ids_restore: torch.Tensor | None = None,
+                return_all_blocks: bool = False):
+        """latent: encoded [prefix, visible] tokens of the view to complete (all patches when ids_restore is None,
+        the binocular downstream path); reference: encoded [prefix, all patches] of the other view.
+        Returns (pred for every patch, normed decoder tokens) or, with return_all_blocks, the raw output of every
+        block with the last one normed (what DPT heads tap)."""
+        x = self.embed(latent)
+        if ids_restore is not None:
+            x = self.restore(x, ids_restore)
+        y = self.embed(reference)
+        rope = None
+        if self.pos_embed is not None:
+            x, y = x + self.pos_embed, y + self.pos_embed
+        else:
+            rope = self.rope
+        outs = []
+        for blk in self.blocks:
+            x = blk(x, y, rope, rope)
+            outs.append(x)
+        x = self.norm(x)
+        if return_all_blocks:
+            return outs[:-1] + [x]
         return self.pred(x[:, self.num_prefix_tokens:]), x
