@@ -56,12 +56,13 @@ class ImageFolderDataset(Dataset):
 
 
 def collate_images(items: list[dict | None]) -> dict:
-    """Stack the good items; `skipped` counts the bad ones (a batch may come out smaller, or even empty)."""
-    good = [it for it in items if it is not None]
+    """Stack the good items; `skipped` counts the bad ones (None, or an item whose image is None: a stream
+    cannot drop items without losing the count), so a batch may come out smaller, or even empty."""
+    good = [it for it in items if it is not None and it.get("image") is not None]
     if good:
-        batch = {"image": torch.stack([it["image"] for it in good]),
-                 "index": torch.tensor([it["index"] for it in good])}
-        batch.update({k: torch.as_tensor([it[k] for it in good]) for k in good[0] if k not in batch})
+        batch = {k: torch.stack([it[k] for it in good]) if isinstance(good[0][k], torch.Tensor)
+                 else torch.as_tensor([it[k] for it in good])
+                 for k in good[0] if not k.startswith("__")}  # webdataset adds __key__ strings
     else:
         batch = {"image": torch.zeros(0, 3, 1, 1, dtype=torch.uint8), "index": torch.zeros(0, dtype=torch.long)}
     batch["skipped"] = torch.tensor(len(items) - len(good))

@@ -11,17 +11,17 @@ KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 def _decode(size: int):
-    def decode(sample: dict) -> dict | None:
+    def decode(sample: dict) -> dict:
         key = next((k for k in KEYS if k in sample), None)
         name = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
         if key is None:
             report_corrupt(CorruptImageError(name, f"no image under {KEYS}; keys are {sorted(sample)}"))
-            return None
+            return {"image": None}
         try:
             return {"image": decode_image(sample[key], size, name=name), "index": -1}
         except CorruptImageError as e:
             report_corrupt(e)
-            return None
+            return {"image": None}  # counted as skipped by collate_images
     return decode
 
 

@@ -105,6 +105,8 @@ class Method(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = hp.warmup_epochs * total / epochs
+        if hp.get("cosine_epochs"):  # CroCo stops training half-way down a longer cosine
+            total = hp.cosine_epochs * total / epochs
         min_ratio = hp.min_lr / lr if lr > 0 else 0.0
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, warmup, total, min_ratio))

@@ -42,7 +42,8 @@ class CroCo(ReconstructionPictures, Method):
     v2 = `{"pos_embed": "rope"}` (RoPE base 100, in the encoder and in every decoder attention).
 
     Defaults: CroCo's ViT-B/16 (no cls token) with the 512 x 8 decoder, mask 0.9 with CroCo's rounding,
-    normalised-pixel loss, AdamW(0.9, 0.95) wd 0.05, blr 1.5e-4, 40 warmup epochs; pair views as CroCo trains
+    normalised-pixel loss, AdamW(0.9, 0.95) wd 0.05, blr 1.5e-4, 40 warmup epochs, and `cosine_epochs` for
+    CroCo's habit of stopping (max_epochs) before the end of its cosine; pair views as CroCo trains
     (independent crops and colour jitter) or MIMIC's (`views="mimic"`: the stored views, randomly swapped).
     """
 
@@ -64,6 +65,7 @@ class CroCo(ReconstructionPictures, Method):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_epochs: float = 40,
         min_lr: float = 0.0,
+        cosine_epochs: float | None = None,
         picture_every_n_epochs: int = 1,
     ):
         super().__init__()
@@ -145,10 +147,11 @@ class MIMIC(CroCo):
                  decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
                  image_size: int = 224, views: Literal["croco", "mimic"] = "mimic", blr: float = 1.5e-4,
                  lr: float | None = None, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95),
-                 warmup_epochs: float = 20, min_lr: float = 0.0, picture_every_n_epochs: int = 1):
+                 warmup_epochs: float = 20, min_lr: float = 0.0, cosine_epochs: float | None = None,
+                 picture_every_n_epochs: int = 1):
         if not isinstance(backbone, dict):  # MAE's encoder instead of CroCo's
             backbone_kwargs = {"class_token": True, "pos_embed": "sincos", "global_pool": "token",
                                **(backbone_kwargs or {})}
         super().__init__(backbone, backbone_kwargs, mask_ratio, masking_rule, norm_pix_loss, decoder_embed_dim,
                          decoder_depth, decoder_num_heads, image_size, views, blr, lr, weight_decay, betas,
-                         warmup_epochs, min_lr, picture_every_n_epochs)
+                         warmup_epochs, min_lr, cosine_epochs, picture_every_n_epochs)

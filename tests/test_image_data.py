@@ -1,0 +1,127 @@
+"""Image data: decoding, the built-in sample photos, folders, shards and class folders; corrupt files are
+skipped, counted and reported once, and never end an epoch."""
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from mimzoo.data import (ClassFolderDataModule, CorruptImageError, CorruptImageWarning, ImageDataModule,
+                         decode_image, list_images, sample_images)
+from mimzoo.data.folder import _reported
+
+
+def jpeg_bytes(seed: int, size=(48, 64)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(buf, format="jpeg")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "photos"
+    (root / "a" / "b").mkdir(parents=True)
+    for i in range(6):
+        (root / ("a" if i % 2 else "a/b") / f"img{i}.JPG").write_bytes(jpeg_bytes(i))
+    (root / "notes.txt").write_text("not an image")
+    good = jpeg_bytes(99)
+    (root / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.jpg").write_text("hello")
+    _reported.clear()
+    return root
+
+
+def test_decode_makes_square_uint8():
+    img = decode_image(jpeg_bytes(0, (48, 96)), 32)
+    assert img.shape == (3, 32, 32) and img.dtype == torch.uint8
+
+
+def test_corrupt_image_error_names_the_file(folder):
+    with pytest.raises(CorruptImageError, match="truncated.jpg"):
+        decode_image(folder / "truncated.jpg", 32)
+    with pytest.raises(CorruptImageError, match="empty"):
+        decode_image(folder / "empty.png", 32)
+
+
+def test_sample_set_is_real_photos():
+    photos = sample_images()
+    assert len(photos) >= 8
+    names = [n for n, _ in photos]
+    assert {"astronaut", "coffee", "motorcycle_left", "motorcycle_right"} <= set(names)
+    assert all(a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8 for _, a in photos)
+
+
+def test_folder_listing_is_recursive_filtered_and_sorted(folder):
+    files = list_images(folder)
+    assert [f.name for f in files] == sorted(f.name for f in files) or files == sorted(files)
+    assert len(files) == 9 and not any(f.suffix == ".txt" for f in files)
+    assert files == list_images(folder)
+
+
+def test_empty_folder_says_what_was_searched(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no images in .*\.jpg"):
+        list_images(tmp_path)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_corrupt_files_are_skipped_counted_and_warned_once(folder, workers):
+    dm = ImageDataModule(data=str(folder), size=32, batch_size=3, num_workers=workers, val_every=1000, repeats=2)
+    dm.setup("fit")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seen = 0
+        for batch in dm.train_dataloader():  # the whole epoch completes
+            batch = dm.on_before_batch_transfer(batch, 0)
+            assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (3, 32, 32)
+            seen += len(batch["image"])
+    assert seen == 12  # 6 good files x 2 repeats; 3 bad files x 2 repeats skipped
+    assert dm.skipped_images == 6
+    if workers == 0:  # worker processes warn on their own stderr
+        messages = [str(w.message) for w in caught if issubclass(w.category, CorruptImageWarning)]
+        assert len(messages) == 3 and len({m for m in messages}) == 3
+
+
+def test_shards_with_a_corrupt_sample(tmp_path):
+    shard = tmp_path / "shard-000.tar"
+    with wds.TarWriter(str(shard)) as w:
+        for i in range(5):
+            w.write({"__key__": f"s{i}", "jpg": jpeg_bytes(i)})
+        w.write({"__key__": "bad", "jpg": b"\xff\xd8 broken"})
+    dm = ImageDataModule(data=str(shard), size=32, batch_size=3, num_workers=0, shuffle_buffer=0)
+    dm.setup("fit")
+    images = [b["image"] for b in dm.train_dataloader()]
+    assert sum(len(i) for i in images) == 5
+
+
+def test_split_is_deterministic(folder):
+    a = ImageDataModule(data=str(folder), val_every=3)
+    b = ImageDataModule(data=str(folder), val_every=3)
+    a.setup("fit"), b.setup("fit")
+    assert a.val_files == b.val_files and not set(a.val_files) & set(a.train_files)
+
+
+def test_class_folders(tmp_path):
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(2):
+                (tmp_path / split / c / f"{i}.jpg").write_bytes(jpeg_bytes(i + len(c)))
+    dm = ClassFolderDataModule(root=str(tmp_path), size=32, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert sorted(batch["label"].tolist()) == [0, 0, 1, 1] and dm.classes == ["cat", "dog"]
+
+
+def test_class_folder_layout_errors(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "x.jpg").write_bytes(jpeg_bytes(0))
+    dm = ClassFolderDataModule(root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no class sub-folders"):
+        dm.setup("fit")
+    with pytest.raises(FileNotFoundError, match="ImageNet layout"):
+        ClassFolderDataModule(root=str(tmp_path / "nowhere")).setup("fit")
