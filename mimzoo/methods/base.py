@@ -112,6 +112,11 @@ class Method(L.LightningModule):
             optimizer, lambda step: warmup_cosine(step, warmup, total, min_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def validation_noise(self, batch_size: int, device, batch_idx: int) -> torch.Tensor:
+        """The same masks at every validation, so losses and pictures are comparable across epochs."""
+        g = torch.Generator(device="cpu").manual_seed(batch_idx)
+        return torch.rand(batch_size, self.backbone.num_patches, generator=g).to(device)
+
     # -- checkpoints ------------------------------------------------------------------------------------------
     def mimzoo_config(self) -> dict:
         """Enough for mimzoo.load to rebuild the backbone (and the method) without the training config."""

@@ -106,9 +106,7 @@ class CroCo(ReconstructionPictures, Method):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         img1, img2 = batch["image"], batch["image2"]
-        g = torch.Generator(device="cpu").manual_seed(batch_idx)  # the same masks every epoch
-        noise = torch.rand(img1.shape[0], self.backbone.num_patches, generator=g).to(img1.device)
-        out = self(img1, img2, noise)
+        out = self(img1, img2, self.validation_noise(img1.shape[0], img1.device, batch_idx))
         self.log("val/loss", out.loss, prog_bar=True, batch_size=img1.shape[0], sync_dist=True)
         if batch_idx == 0:
             self.save_reconstructions(img1, out, reference=img2)

@@ -83,10 +83,7 @@ class MAE(ReconstructionPictures, Method):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]
-        # the same masks every epoch, so validation losses and pictures are comparable across epochs
-        g = torch.Generator(device="cpu").manual_seed(batch_idx)
-        noise = torch.rand(images.shape[0], self.backbone.num_patches, generator=g).to(images.device)
-        out = self(images, noise)
+        out = self(images, self.validation_noise(images.shape[0], images.device, batch_idx))
         self.log("val/loss", out.loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
         if batch_idx == 0:
             self.save_reconstructions(images, out)
