@@ -98,6 +98,17 @@ def test_shards_with_a_corrupt_sample(tmp_path):
     assert sum(len(i) for i in images) == 5
 
 
+def test_pair_shards_give_both_views_as_images(tmp_path):
+    """MAE on MIMIC pairs: each view is an independent image (MIMIC's MegaDataset)."""
+    shard = tmp_path / "pairs-000.tar"
+    with wds.TarWriter(str(shard)) as w:
+        for i in range(3):
+            w.write({"__key__": f"p{i}", "0.jpg": jpeg_bytes(i), "1.jpg": jpeg_bytes(10 + i), "json": b"{}"})
+    dm = ImageDataModule(data=str(shard), size=32, batch_size=2, num_workers=0, shuffle_buffer=0)
+    dm.setup("fit")
+    assert sum(len(b["image"]) for b in dm.train_dataloader()) == 6
+
+
 def test_split_is_deterministic(folder):
     a = ImageDataModule(data=str(folder), val_every=3)
     b = ImageDataModule(data=str(folder), val_every=3)
