@@ -1,0 +1,38 @@
+"""CUDA paths (bf16 autocast, fused AdamW, torch.compile): run with `pytest -m gpu` on a machine with a GPU."""
+import lightning as L
+import pytest
+import torch
+
+from mimzoo.methods import MAE, CroCo
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def tiny(cls, **kw):
+    return cls(backbone="vit_small_patch16", backbone_kwargs={"depth": 4}, decoder_embed_dim=128, decoder_depth=2,
+               decoder_num_heads=4, warmup_epochs=0, **kw)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_mae_bf16_fused_training_matches_fp32(compile):
+    torch.manual_seed(0)
+    model = tiny(MAE, compile=compile).cuda()
+    images = torch.randn(8, 3, 224, 224, device="cuda")
+    noise = torch.rand(8, 196, device="cuda")
+    with torch.no_grad():
+        fp32 = model(images, noise).loss
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf16 = model(images, noise).loss
+    assert abs(fp32.item() - bf16.item()) < 0.02 * fp32.item()
+
+
+def test_lightning_bf16_fit_on_gpu(tmp_path):
+    L.seed_everything(0)
+    model = tiny(CroCo)
+    data = [{"image": torch.randint(0, 255, (3, 256, 256), dtype=torch.uint8),
+             "image2": torch.randint(0, 255, (3, 256, 256), dtype=torch.uint8)} for _ in range(16)]
+    trainer = L.Trainer(max_steps=4, accelerator="gpu", devices=1, precision="bf16-mixed", logger=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
+    assert trainer.global_step == 4
+    assert trainer.optimizers[0].defaults.get("fused")
