@@ -1,6 +1,6 @@
 """Datamodules: the built-in sample photos, image folders and WebDataset shards, decoded to uint8."""
 from .classes import ClassFolderDataModule, class_folder
-from .datamodule import EpochShuffle, ImageDataModule, ResumableLoader
+from .datamodule import BaseDataModule, EpochShuffle, ImageDataModule, ResumableLoader
 from .folder import CorruptImageWarning, ImageFolderDataset, collate_images, list_images
 from .images import CorruptImageError, decode_image, square_uint8
 from .sample import sample_folder, sample_images

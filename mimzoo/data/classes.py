@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 
-from .datamodule import CountsSkipped, EpochShuffle, ResumableLoader
-from .folder import ImageFolderDataset, collate_images, list_images
+from .datamodule import BaseDataModule
+from .folder import ImageFolderDataset, list_images
 
 
 def class_folder(split: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
@@ -32,7 +31,7 @@ def class_folder(split: Path, classes: list[str] | None = None) -> tuple[list[Pa
     return files, labels, classes
 
 
-class ClassFolderDataModule(CountsSkipped):
+class ClassFolderDataModule(BaseDataModule):
     """Batches {"image": uint8 (B, 3, size, size), "label": int64 (B,), "index"}; augmentation runs on the device
     in the method. `size` is the decode size (the views crop from it)."""
 
@@ -48,19 +47,11 @@ class ClassFolderDataModule(CountsSkipped):
         self.classes = self.train[2]
         self.val = class_folder(root / self.hparams.val_split, self.classes)
 
-    def _kwargs(self) -> dict:
-        hp = self.hparams
-        return {"num_workers": hp.num_workers, "collate_fn": collate_images,
-                "pin_memory": hp.pin_memory and torch.cuda.is_available(), "persistent_workers": hp.num_workers > 0}
-
     def train_dataloader(self) -> DataLoader:
         files, labels, _ = self.train
-        dataset = ImageFolderDataset(files, self.hparams.size, labels)
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        return ResumableLoader(dataset, EpochShuffle(len(dataset), self.hparams.seed, rank, world),
-                               self.batch_size, drop_last=True, **self._kwargs())
+        return self.resumable_loader(ImageFolderDataset(files, self.hparams.size, labels))
 
     def val_dataloader(self) -> DataLoader:
         files, labels, _ = self.val
         return DataLoader(ImageFolderDataset(files, self.hparams.size, labels), batch_size=self.batch_size,
-                          **self._kwargs())
+                          **self.loader_kwargs())

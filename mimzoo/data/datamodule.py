@@ -61,10 +61,28 @@ class ResumableLoader(DataLoader):
         self.sampler.start = state["taken"] * self.batch_size
 
 
-class CountsSkipped(L.LightningDataModule):
-    """Sums the `skipped` counts that `collate_images` puts in each batch, and reports the total at the end."""
+class BaseDataModule(L.LightningDataModule):
+    """What the datamodules share: resumable shuffled training loaders, the count of skipped (corrupt) images,
+    and loader settings. Subclasses set `batch_size` and hparams num_workers, pin_memory, seed."""
 
     skipped_images = 0
+    _train_loader = None
+    _pending_loader_state = None
+
+    def loader_kwargs(self) -> dict:
+        hp = self.hparams
+        return {"num_workers": hp.num_workers, "collate_fn": collate_images,
+                "pin_memory": hp.pin_memory and torch.cuda.is_available(), "persistent_workers": hp.num_workers > 0}
+
+    def resumable_loader(self, dataset) -> ResumableLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = EpochShuffle(len(dataset), self.hparams.seed, rank, world)
+        self._train_loader = ResumableLoader(dataset, sampler, self.batch_size, drop_last=True,
+                                             **self.loader_kwargs())
+        if self._pending_loader_state:
+            self._train_loader.load_state_dict(self._pending_loader_state)
+            self._pending_loader_state = None
+        return self._train_loader
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         skipped = batch.pop("skipped", None)
@@ -76,8 +94,19 @@ class CountsSkipped(L.LightningDataModule):
         if self.skipped_images:
             rank_zero_warn(f"skipped {self.skipped_images} corrupt or unreadable images (warned once per file)")
 
+    # The loader position also travels with the datamodule state: Lightning restores it before any loader exists,
+    # whereas its own loader-state restore is skipped once `estimated_stepping_batches` (used for the lr schedule)
+    # has built the loader before the checkpoint's loop state is read.
+    def state_dict(self) -> dict:
+        loader = self._train_loader
+        return {"skipped_images": self.skipped_images, "train_loader": loader.state_dict() if loader else None}
 
-class ImageDataModule(CountsSkipped):
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped_images = state.get("skipped_images", 0)
+        self._pending_loader_state = state.get("train_loader")
+
+
+class ImageDataModule(BaseDataModule):
     """data: "sample" (the scikit-image photos), an image folder, or WebDataset shards ("shards-{000..099}.tar").
     val_data: a folder or shards; default: "sample" holds out every 4th photo, a folder every `val_every`-th file.
     size: the square size images are decoded to (the views crop from it). repeats: an epoch passes over the
@@ -89,7 +118,6 @@ class ImageDataModule(CountsSkipped):
         super().__init__()
         self.save_hyperparameters()
         self.batch_size = batch_size
-        self._pending_loader_state = None
 
     @staticmethod
     def _is_shards(data: str) -> bool:
@@ -110,27 +138,14 @@ class ImageDataModule(CountsSkipped):
             held = set(self.val_files)
             self.train_files = [f for f in files if f not in held]
 
-    def _loader_kwargs(self) -> dict:
-        hp = self.hparams
-        return {"num_workers": hp.num_workers, "collate_fn": collate_images,
-                "pin_memory": hp.pin_memory and torch.cuda.is_available(),
-                "persistent_workers": hp.num_workers > 0}
-
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         if self._is_shards(hp.data):
             from .webdataset import shard_loader
 
             return shard_loader(hp.data, hp.size, hp.batch_size, hp.shuffle_buffer, hp.epoch_size,
-                                **self._loader_kwargs())
-        dataset = ImageFolderDataset(self.train_files * hp.repeats, hp.size)
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = EpochShuffle(len(dataset), hp.seed, rank, world)
-        self._train_loader = ResumableLoader(dataset, sampler, hp.batch_size, drop_last=True, **self._loader_kwargs())
-        if self._pending_loader_state:
-            self._train_loader.load_state_dict(self._pending_loader_state)
-            self._pending_loader_state = None
-        return self._train_loader
+                                **self.loader_kwargs())
+        return self.resumable_loader(ImageFolderDataset(self.train_files * hp.repeats, hp.size))
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams
@@ -139,17 +154,6 @@ class ImageDataModule(CountsSkipped):
                 return []
             from .webdataset import shard_loader
 
-            return shard_loader(hp.val_data, hp.size, hp.batch_size, 0, None, **self._loader_kwargs())
+            return shard_loader(hp.val_data, hp.size, hp.batch_size, 0, None, **self.loader_kwargs())
         return DataLoader(ImageFolderDataset(self.val_files, hp.size), batch_size=hp.batch_size, shuffle=False,
-                          **self._loader_kwargs())
-
-    # The loader position also travels with the datamodule state: Lightning restores it before any loader exists,
-    # whereas its own loader-state restore is skipped once `estimated_stepping_batches` (used for the lr schedule)
-    # has built the loader before the checkpoint's loop state is read.
-    def state_dict(self) -> dict:
-        loader = getattr(self, "_train_loader", None)
-        return {"skipped_images": self.skipped_images, "train_loader": loader.state_dict() if loader else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.skipped_images = state.get("skipped_images", 0)
-        self._pending_loader_state = state.get("train_loader")
+                          **self.loader_kwargs())
