@@ -45,14 +45,16 @@ def test_paper_recipe_matches_the_paper():
 
 
 @pytest.mark.slow
-def test_quickstart_command(tmp_path):
-    """The README's first command (minus the install): trains, saves a checkpoint and pictures, loss falls."""
+@pytest.mark.parametrize("recipe, run_dir, tokens", [("mae_tiny", "quickstart", 65), ("croco_tiny", "croco_quickstart", 64)])
+def test_quickstart_command(tmp_path, recipe, run_dir, tokens):
+    """The README's first command (minus the install) and its cross-view twin: a real CPU training run that
+    saves a checkpoint and pictures, and whose loss falls."""
     env = {**os.environ, "MIMZOO_CACHE": str(tmp_path / "cache")}
     run = subprocess.run([sys.executable, "-m", "mimzoo.cli", "fit", "-c",
-                          str(ROOT / "recipes/quickstart/mae_tiny.yaml"), "--trainer.enable_progress_bar=false"],
+                          str(ROOT / f"recipes/quickstart/{recipe}.yaml"), "--trainer.enable_progress_bar=false"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    out = tmp_path / "runs" / "quickstart"
+    out = tmp_path / "runs" / run_dir
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert len(list((out / "reconstructions").glob("epoch_*.png"))) >= 2
     import csv
@@ -62,4 +64,4 @@ def test_quickstart_command(tmp_path):
     import mimzoo
 
     vit = mimzoo.load(out / "checkpoints" / "last.ckpt")
-    assert vit.forward_features(torch.zeros(1, 3, 64, 64)).shape == (1, 65, 192)
+    assert vit.forward_features(torch.zeros(1, 3, 64, 64)).shape == (1, tokens, 192)

@@ -1,0 +1,241 @@
+"""Pairs of views for cross-view completion: MIMIC curation shards, MIMIC's released folders and CSV index,
+plain pair folders, and a built-in sample set (a real stereo pair and known homography warps of photos).
+
+Pair record (one WebDataset sample per pair; `mimzoo curate` writes these):
+  `0.jpg`  view A, 224 x 224 RGB            `1.jpg`  view B
+  `json`   {"source", "frame_a", "frame_b", "time_a", "time_b", "overlap" (0-1), "homography" (3 x 3, A -> B in
+           224 x 224 pixels), "num_matches", "num_inliers"}
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Iterable, TypedDict
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from .datamodule import BaseDataModule
+from .folder import report_corrupt
+from .images import IMAGE_EXTENSIONS, CorruptImageError, decode_image
+
+PAIR_KEYS = ("0.jpg", "1.jpg", "json")
+
+
+class PairRecord(TypedDict):
+    source: str
+    frame_a: int
+    frame_b: int
+    time_a: float | None
+    time_b: float | None
+    overlap: float
+    homography: list[list[float]]
+    num_matches: int
+    num_inliers: int
+
+
+def jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="jpeg", quality=quality)
+    return buf.getvalue()
+
+
+def write_pair_shard(path: str | os.PathLike, samples: Iterable[tuple[str, np.ndarray, np.ndarray, dict]]) -> Path:
+    """Write (key, view A, view B, record) samples as one tar, under a temporary name renamed at the end: a killed
+    writer never leaves a partial shard under the final name."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with wds.TarWriter(str(tmp)) as sink:
+            for key, a, b, record in samples:
+                sink.write({"__key__": key, "0.jpg": jpeg(a), "1.jpg": jpeg(b), "json": json.dumps(record).encode()})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# -- sources --------------------------------------------------------------------------------------------------------
+def is_shards(data: str) -> bool:
+    return data.endswith(".tar") or ".tar}" in data
+
+
+def find_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """MIMIC's layout (`.../<pair>/0000.jpg` + `0001.jpg`, DeMoN's sequences likewise; `corresponding.npy` is a
+    pickle and is never read), or plain pair folders holding exactly two images (sorted names = A, B)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"pair folder {root} does not exist")
+    pairs = []
+    for folder in sorted({p.parent for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS}):
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if (folder / "0000.jpg").is_file() and (folder / "0001.jpg").is_file():
+            pairs.append((folder / "0000.jpg", folder / "0001.jpg"))
+        elif len(images) == 2:
+            pairs.append((images[0], images[1]))
+    if not pairs:
+        raise FileNotFoundError(f"no pairs under {root}: expected folders holding 0000.jpg + 0001.jpg (MIMIC) or "
+                                f"exactly two images each")
+    return pairs
+
+
+def read_pair_csv(path: str | os.PathLike, base: str | os.PathLike | None = None) -> list[tuple[Path, Path]]:
+    """MIMIC's index (columns path1, path2; relative paths are taken from `base`, default the CSV's folder)."""
+    path = Path(path)
+    base = Path(base) if base else path.parent
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"path1", "path2"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path} needs the columns path1 and path2 (MIMIC's CSV), found {reader.fieldnames}")
+        return [(base / row["path1"], base / row["path2"]) for row in reader]
+
+
+class PairDataset(Dataset):
+    """Items {"image": view A, "image2": view B, "index"} (uint8, size x size), or None if a view is corrupt."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], size: int = 224):
+        self.pairs, self.size = pairs, size
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict | None:
+        a, b = self.pairs[index]
+        try:
+            return {"image": decode_image(a, self.size), "image2": decode_image(b, self.size), "index": index}
+        except CorruptImageError as e:
+            report_corrupt(e)
+            return None
+
+
+def _decode_pairs(size: int):
+    def decode(samples):
+        for sample in samples:
+            name = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+            try:
+                if "0.jpg" not in sample or "1.jpg" not in sample:
+                    raise CorruptImageError(name, f"not a pair sample: keys {sorted(sample)}, expected {PAIR_KEYS}")
+                yield {"image": decode_image(sample["0.jpg"], size, name=name + ".0.jpg"),
+                       "image2": decode_image(sample["1.jpg"], size, name=name + ".1.jpg"), "index": -1}
+            except CorruptImageError as e:
+                report_corrupt(e)
+                yield {"image": None}  # counted as skipped by collate_images
+    return decode
+
+
+def pair_shards(urls: str, size: int, shuffle_buffer: int = 0):
+    ds = wds.WebDataset(urls, handler=wds.warn_and_continue, shardshuffle=100 if shuffle_buffer else False,
+                        empty_check=False).compose(_decode_pairs(size))
+    return ds.shuffle(shuffle_buffer) if shuffle_buffer else ds
+
+
+def read_records(urls: str) -> list[dict]:
+    """The JSON records of pair shards, in order."""
+    return [json.loads(s["json"]) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+
+
+# -- the built-in sample pairs --------------------------------------------------------------------------------------
+def _homography(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A moderate camera motion about the image centre: rotation, zoom, shift, a little perspective."""
+    c = size / 2
+    angle, zoom = np.deg2rad(rng.uniform(-12, 12)), rng.uniform(0.85, 1.2)
+    shift = rng.uniform(-0.12, 0.12, 2) * size
+    rot = np.array([[zoom * np.cos(angle), -zoom * np.sin(angle), 0], [zoom * np.sin(angle), zoom * np.cos(angle), 0],
+                    [0, 0, 1]])
+    persp = np.array([[1, 0, 0], [0, 1, 0], [*rng.uniform(-3e-4, 3e-4, 2), 1]])
+    to_c, from_c = np.array([[1, 0, -c], [0, 1, -c], [0, 0, 1]]), np.array([[1, 0, c + shift[0]], [0, 1, c + shift[1]], [0, 0, 1]])
+    return from_c @ persp @ rot @ to_c
+
+
+def sample_pairs(seed: int = 0, size: int = 224, warps_per_photo: int = 2) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
+    """(key, A, B, record): the scikit-image stereo pair, and homography warps of its photos (B = A warped by H)."""
+    import cv2
+
+    from .images import square_uint8
+    from .sample import sample_images
+
+    photos = dict(sample_images())
+    square = lambda a: square_uint8(a, size).permute(1, 2, 0).numpy()  # noqa: E731
+    out = [("motorcycle_stereo", square(photos.pop("motorcycle_left")), square(photos.pop("motorcycle_right")),
+            {"source": "skimage.data.stereo_motorcycle", "frame_a": 0, "frame_b": 1, "time_a": None, "time_b": None,
+             "overlap": None, "homography": None, "num_matches": None, "num_inliers": None})]
+    rng = np.random.default_rng(seed)
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry"):
+        a = square(photos[name])
+        for k in range(warps_per_photo):
+            h = _homography(rng, size)
+            b = cv2.warpPerspective(a, h, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            out.append((f"{name}_{k}", a, b, {"source": f"skimage.data.{name}", "frame_a": 0, "frame_b": k + 1,
+                                              "time_a": None, "time_b": None, "overlap": None,
+                                              "homography": h.tolist(), "num_matches": None, "num_inliers": None}))
+    return out
+
+
+def sample_pair_folder(root: str | os.PathLike | None = None) -> Path:
+    """Write the sample pairs once in MIMIC's folder layout (<key>/0000.jpg, 0001.jpg, pair.json)."""
+    from ..download import cache_dir
+
+    folder = Path(root) if root else cache_dir() / "mimzoo-sample-pairs"
+    if (folder / "done").exists():
+        return folder
+    for key, a, b, record in sample_pairs():
+        (folder / key).mkdir(parents=True, exist_ok=True)
+        for name, data in (("0000.jpg", jpeg(a)), ("0001.jpg", jpeg(b)), ("pair.json", json.dumps(record).encode())):
+            tmp = folder / key / f".{name}.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, folder / key / name)
+    (folder / "done").touch()
+    return folder
+
+
+class PairDataModule(BaseDataModule):
+    """data: "sample" (built-in pairs), pair shards ("pairs-{000..009}.tar", what `mimzoo curate` writes), a folder
+    (MIMIC's released layout or plain pair folders) or MIMIC's CSV index. Batches {"image", "image2", "index"} as
+    uint8; the method's pair views augment them on the device. Folder and CSV sources resume mid-epoch exactly;
+    shard streams restart their shuffle."""
+
+    def __init__(self, data: str = "sample", val_data: str | None = None, csv_base: str | None = None,
+                 size: int = 224, batch_size: int = 64, num_workers: int = 2, repeats: int = 1, val_every: int = 50,
+                 seed: int = 0, pin_memory: bool = True, shuffle_buffer: int = 2000):
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+
+    def _pairs(self, data: str) -> list[tuple[Path, Path]]:
+        if data == "sample":
+            return find_pairs(sample_pair_folder())
+        if data.endswith(".csv"):
+            return read_pair_csv(data, self.hparams.csv_base)
+        return find_pairs(data)
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if is_shards(hp.data):
+            return
+        pairs = self._pairs(hp.data)
+        every = 6 if hp.data == "sample" else hp.val_every
+        self.val_pairs = self._pairs(hp.val_data) if hp.val_data else pairs[every - 1::every]
+        held = set(self.val_pairs)
+        self.train_pairs = [p for p in pairs if p not in held]
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        if is_shards(hp.data):
+            kwargs = {k: v for k, v in self.loader_kwargs().items() if k != "persistent_workers"}
+            return DataLoader(pair_shards(hp.data, hp.size, hp.shuffle_buffer), batch_size=hp.batch_size, **kwargs)
+        return self.resumable_loader(PairDataset(self.train_pairs * hp.repeats, hp.size))
+
+    def val_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        if is_shards(hp.data):
+            if not hp.val_data:
+                return []
+            kwargs = {k: v for k, v in self.loader_kwargs().items() if k != "persistent_workers"}
+            return DataLoader(pair_shards(hp.val_data, hp.size), batch_size=hp.batch_size, **kwargs)
+        return DataLoader(PairDataset(self.val_pairs, hp.size), batch_size=hp.batch_size, **self.loader_kwargs())
