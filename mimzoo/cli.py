@@ -89,6 +89,17 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_curate(args) -> int:
+    from .curate import Options, curate
+
+    summary = curate(args.inputs, args.out, workers=args.workers, progress=not args.quiet,
+                     options=Options(low=args.low, high=args.high, gap=args.gap, folder_step=args.folder_step,
+                                     folder_offset=args.folder_offset))
+    print(f"{summary['pairs']} pairs from {summary['sources']} sources ({summary['candidates']} candidates) -> "
+          f"{args.out}/shards, index {args.out}/pairs.jsonl; rejected: {summary['rejected']}")
+    return 0
+
+
 def zoo_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mimzoo", description="masked image modeling model zoo")
     sub = p.add_subparsers(dest="command", required=True)
@@ -109,6 +120,17 @@ def zoo_parser() -> argparse.ArgumentParser:
     c.add_argument("--decoder-num-heads", type=int, default=None)
     c.add_argument("--cache-dir", default=None)
     c.set_defaults(func=cmd_convert)
+    k = sub.add_parser("curate", help="MIMIC pair curation: videos / frame folders -> pair shards")
+    k.add_argument("inputs", nargs="+", help="videos, folders of frames or of videos, list files (.txt)")
+    k.add_argument("--out", required=True)
+    k.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    k.add_argument("--gap", type=float, default=1.0, help="seconds between the frames of a video pair")
+    k.add_argument("--low", type=float, default=0.5, help="accept overlap above this (exclusive)")
+    k.add_argument("--high", type=float, default=0.75, help="accept overlap below this (exclusive)")
+    k.add_argument("--folder-step", type=int, default=10)
+    k.add_argument("--folder-offset", type=int, default=5)
+    k.add_argument("--quiet", action="store_true")
+    k.set_defaults(func=cmd_curate)
     for name in LIGHTNING:
         sub.add_parser(name, help=f"LightningCLI {name}: mimzoo {name} -c recipes/...yaml", add_help=False)
     return p

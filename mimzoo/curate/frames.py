@@ -1,0 +1,78 @@
+"""Candidate frames and pairs, MIMIC's way: videos give the frames at t = 0, gap, 2 gap, ... seconds and the
+pairs (t, t + gap); frame folders (sorted by frame number) give the pairs (i, i + offset) for i = 0, step, ..."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..data.images import IMAGE_EXTENSIONS
+from .matching import SIZE
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+
+
+@dataclass
+class Frame:
+    index: int  # 0-based in decode order, or in the sorted folder
+    time: float | None  # seconds (videos)
+    image: np.ndarray  # 224 x 224 RGB uint8, resized like MIMIC (aspect not kept)
+
+
+def resize(frame_rgb: np.ndarray) -> np.ndarray:
+    return cv2.resize(frame_rgb, (SIZE, SIZE))  # MIMIC: cv2.resize(img, (224, 224)), bilinear
+
+
+def video_frames(path: str | Path, gap: float = 1.0) -> list[Frame]:
+    """Decode sequentially and keep the first frame at or after each target time. A frame's time is index / fps
+    (the container's own timestamp when it reports no frame rate): decoding every frame in order is exact and
+    deterministic where seeking (MIMIC sets CAP_PROP_POS_MSEC) depends on the codec's key frames. Raises
+    ValueError for a video that cannot be decoded."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError("cannot open the video (corrupt, empty or an unsupported codec)")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+    kept, index, target = [], 0, 0.0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            time = index / fps if fps > 0 else cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if time + 1e-6 >= target:
+                kept.append(Frame(index, round(time, 6), resize(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))))
+                target = len(kept) * gap
+            index += 1
+    finally:
+        cap.release()
+    if index == 0:
+        raise ValueError("no decodable frame")
+    return kept
+
+
+def video_pairs(frames: list[Frame]) -> list[tuple[int, int]]:
+    return [(i, i + 1) for i in range(len(frames) - 1)]
+
+
+def frame_number(path: Path) -> tuple:
+    numbers = re.findall(r"\d+", path.stem)
+    return (int(numbers[-1]) if numbers else -1, path.name)
+
+
+def folder_frames(folder: str | Path) -> list[Path]:
+    files = [p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    return sorted(files, key=frame_number)
+
+
+def folder_pairs(count: int, step: int = 10, offset: int = 5) -> list[tuple[int, int]]:
+    return [(i, i + offset) for i in range(0, count - offset, step)]
+
+
+def read_frame(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot decode {path}")
+    return resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))

@@ -1,0 +1,97 @@
+"""MIMIC's geometric test of a candidate pair: SIFT on 224 x 224 grayscale frames, Lowe's ratio test, RANSAC
+homography, and the patch overlap on the 14 x 14 grid of 16-pixel patches (RAIVNLab/MIMIC datasets/utils.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+SIZE, PATCH = 224, 16
+GRID = SIZE // PATCH
+RATIO = 0.7  # Lowe's ratio
+MIN_MATCHES = 10  # a pair needs more than this many good matches
+RANSAC_THRESHOLD = 5.0
+PIXELS_PER_PATCH = 100
+
+
+@dataclass
+class Features:
+    keypoints: np.ndarray  # (K, 2) float32 pixel coordinates
+    descriptors: np.ndarray | None  # (K, 128) float32
+
+
+def sift(frame_rgb: np.ndarray, detector=None) -> Features:
+    """SIFT (OpenCV defaults) on the grayscale 224 x 224 frame, computed once per frame."""
+    detector = detector or cv2.SIFT_create()
+    gray = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY)
+    kps, desc = detector.detectAndCompute(gray, None)
+    return Features(np.array([k.pt for k in kps], dtype=np.float32).reshape(-1, 2), desc)
+
+
+@dataclass
+class Match:
+    homography: np.ndarray | None  # A -> B, 3 x 3
+    num_matches: int
+    num_inliers: int
+    reason: str | None  # why the pair was rejected, None if a homography was found
+
+
+def match(a: Features, b: Features, matcher=None) -> Match:
+    if a.descriptors is None or b.descriptors is None or len(a.descriptors) < 2 or len(b.descriptors) < 2:
+        return Match(None, 0, 0, "too few keypoints")
+    matcher = matcher or cv2.BFMatcher()
+    good = [m for m, n in (p for p in matcher.knnMatch(a.descriptors, b.descriptors, k=2) if len(p) == 2)
+            if m.distance < RATIO * n.distance]
+    if len(good) <= MIN_MATCHES:
+        return Match(None, len(good), 0, "too few matches")
+    src = a.keypoints[[m.queryIdx for m in good]].reshape(-1, 1, 2)
+    dst = b.keypoints[[m.trainIdx for m in good]].reshape(-1, 1, 2)
+    h, inliers = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_THRESHOLD)
+    if h is None or not np.isfinite(h).all() or abs(np.linalg.det(h)) < 1e-8:
+        return Match(None, len(good), 0, "degenerate homography")
+    return Match(h, len(good), int(inliers.sum()), None)
+
+
+def _sample_pixels(seed: int = 0) -> np.ndarray:
+    """100 pixel offsets inside a patch, drawn with replacement like MIMIC, but from a fixed seed so that the same
+    pair always gets the same overlap (MIMIC's draw is unseeded)."""
+    return np.random.default_rng(seed).integers(0, PATCH, size=(PIXELS_PER_PATCH, 2))
+
+
+OFFSETS = _sample_pixels()
+
+
+def patch_map(h: np.ndarray, offsets: np.ndarray = OFFSETS) -> dict[int, int]:
+    """MIMIC's one-to-one patch correspondence under H: each source patch (row-major, in order) votes with its
+    sampled pixels for the target patch they land in ("out" when outside); the majority wins (ties: the smallest
+    patch index, where MIMIC takes the first value to reach the top count), and a target is taken only once."""
+    rows, cols = np.divmod(np.arange(GRID * GRID), GRID)
+    pts = np.stack([cols[:, None] * PATCH + offsets[None, :, 1], rows[:, None] * PATCH + offsets[None, :, 0]], -1)
+    warped = cv2.perspectiveTransform(pts.reshape(-1, 1, 2).astype(np.float64), h).reshape(GRID * GRID, -1, 2)
+    x, y = warped[..., 0], warped[..., 1]
+    inside = (x >= 0) & (x < SIZE) & (y >= 0) & (y < SIZE)
+    target = np.where(inside, (np.clip(y, 0, SIZE - 1).astype(int) // PATCH) * GRID
+                      + np.clip(x, 0, SIZE - 1).astype(int) // PATCH, GRID * GRID)  # GRID*GRID = "out"
+    out, taken = {}, set()
+    for src in range(GRID * GRID):
+        winner = int(np.bincount(target[src], minlength=GRID * GRID + 1).argmax())
+        if winner != GRID * GRID and winner not in taken:
+            out[src] = winner
+            taken.add(winner)
+    return out
+
+
+def overlap(h: np.ndarray) -> tuple[float, dict[int, int]]:
+    """MIMIC's conservative overlap: the patch map in both directions (H and its inverse); the smaller one, as a
+    fraction of the 196 patches, with keys always in view A."""
+    forward = patch_map(h)
+    backward = patch_map(np.linalg.inv(h))
+    if len(forward) < len(backward):
+        return len(forward) / GRID ** 2, forward
+    return len(backward) / GRID ** 2, {a: b for b, a in backward.items()}
+
+
+def laplacian_variance(frame_rgb: np.ndarray) -> float:
+    """MIMIC's blur / texture filter for rendered views (it skips views below 1000)."""
+    return float(cv2.Laplacian(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())

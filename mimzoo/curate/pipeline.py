@@ -1,0 +1,174 @@
+"""`mimzoo curate`: sources -> candidate pairs -> MIMIC's test -> pair shards, in parallel and resumable.
+
+Each source (a video or a frame folder) is one unit of work that ends with two atomic renames: its shard
+(`shards/<id>.tar`, possibly absent when nothing was accepted) and then its record (`sources/<id>.json`). A source
+with a record is done; a run killed at any moment (kill -9 included) and started again redoes only unfinished
+sources, so it ends with exactly the pairs of an uninterrupted run. The index (`pairs.jsonl`), the summary and the
+overlap histogram are rebuilt from the source records at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import atomic_path
+from ..data.pairs import write_pair_shard
+from .frames import (VIDEO_EXTENSIONS, folder_frames, folder_pairs, read_frame, video_frames, video_pairs)
+from .matching import match, overlap, sift
+
+
+@dataclass
+class Options:
+    low: float = 0.5  # accept pairs with low < overlap < high (MIMIC's code: 50 % and 75 %, exclusive)
+    high: float = 0.75
+    gap: float = 1.0  # seconds between the two frames of a video pair
+    folder_step: int = 10  # frame folders: pairs (i, i + folder_offset) for i = 0, step, 2 step, ...
+    folder_offset: int = 5
+
+
+def expand(inputs: list[str]) -> list[str]:
+    """Videos, folders of frames (or folders of videos), and list files (one input per line)."""
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file() and p.suffix in (".txt", ".lst"):
+            out += expand([line.strip() for line in p.read_text().splitlines() if line.strip()])
+        elif p.is_dir():
+            videos = sorted(v for v in p.rglob("*") if v.suffix.lower() in VIDEO_EXTENSIONS)
+            out += [str(v) for v in videos] if videos else [str(p)]
+        else:
+            out.append(str(p))  # a video, or a missing path that will be reported as such
+    return out
+
+
+def source_id(source: str) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(source).stem)[:40]
+    return f"{stem}-{hashlib.sha1(os.path.abspath(source).encode()).hexdigest()[:10]}"
+
+
+def process(source: str, out: str, opts: Options) -> dict:
+    """One source: frames, SIFT once per frame, every candidate pair tested; writes the shard, then the record."""
+    rejected, records, samples = Counter(), [], []
+    try:
+        if Path(source).is_dir():
+            paths = folder_frames(source)
+            pairs = folder_pairs(len(paths), opts.folder_step, opts.folder_offset)
+            needed = sorted({i for p in pairs for i in p})
+            frames = {}
+            for i in needed:
+                try:
+                    frames[i] = (i, None, read_frame(paths[i]))
+                except ValueError:
+                    rejected["undecodable frame"] += 1
+        else:
+            if not Path(source).is_file():
+                raise ValueError("no such file")
+            decoded = video_frames(source, opts.gap)
+            pairs = video_pairs(decoded)
+            frames = {k: (f.index, f.time, f.image) for k, f in enumerate(decoded)}
+        features = {k: sift(img) for k, (_, _, img) in frames.items()}
+        for a, b in pairs:
+            if a not in frames or b not in frames:
+                rejected["undecodable frame"] += 1
+                continue
+            m = match(features[a], features[b])
+            if m.reason:
+                rejected[m.reason] += 1
+                continue
+            value, _ = overlap(m.homography)
+            if not opts.low < value < opts.high:
+                rejected["overlap below window" if value <= opts.low else "overlap above window"] += 1
+                continue
+            (ia, ta, img_a), (ib, tb, img_b) = frames[a], frames[b]
+            record = {"source": source, "frame_a": ia, "frame_b": ib, "time_a": ta, "time_b": tb,
+                      "overlap": round(value, 6), "homography": m.homography.tolist(),
+                      "num_matches": m.num_matches, "num_inliers": m.num_inliers}
+            records.append(record)
+            samples.append((f"{source_id(source)}-{ia:07d}-{ib:07d}", img_a, img_b, record))
+    except ValueError as e:
+        rejected[f"unreadable source: {e}"] += 1
+    sid = source_id(source)
+    shards = Path(out) / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    if samples:
+        write_pair_shard(shards / f"{sid}.tar", samples)
+    result = {"source": source, "id": sid, "shard": f"shards/{sid}.tar" if samples else None,
+              "candidates": len(records) + sum(rejected.values()), "pairs": records, "rejected": dict(rejected)}
+    with atomic_path(Path(out) / "sources" / f"{sid}.json") as tmp:
+        tmp.write_text(json.dumps(result))
+    return result
+
+
+def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None, options: Options | None = None,
+           progress: bool = True) -> dict:
+    """Curate pairs from every input into `out`; returns the summary (also written to summary.json)."""
+    out, opts = Path(out), options or Options()
+    out.mkdir(parents=True, exist_ok=True)
+    sources = expand(inputs)
+    done = {p.stem for p in (out / "sources").glob("*.json")} if (out / "sources").is_dir() else set()
+    todo = [s for s in sources if source_id(s) not in done]
+    workers = workers if workers is not None else min(len(todo), os.cpu_count() or 1)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(sources), initial=len(sources) - len(todo), desc="curate", unit="source")
+    if workers <= 1:
+        for s in todo:
+            process(s, str(out), opts)
+            bar and bar.update()
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for f in as_completed([pool.submit(process, s, str(out), opts) for s in todo]):
+                f.result()
+                bar and bar.update()
+    bar and bar.close()
+    return finish(out, sources)
+
+
+def finish(out: Path, sources: list[str]) -> dict:
+    results = [json.loads((out / "sources" / f"{source_id(s)}.json").read_text()) for s in sources]
+    with atomic_path(out / "pairs.jsonl") as tmp:
+        with open(tmp, "w") as f:
+            for r in results:
+                for record in r["pairs"]:
+                    f.write(json.dumps({**record, "shard": r["shard"]}) + "\n")
+    overlaps = [p["overlap"] for r in results for p in r["pairs"]]
+    rejected = Counter()
+    for r in results:
+        rejected.update(r["rejected"])
+    summary = {"sources": len(results), "candidates": sum(r["candidates"] for r in results),
+               "pairs": len(overlaps), "pairs_per_source": {r["source"]: len(r["pairs"]) for r in results},
+               "rejected": dict(rejected), "overlap_histogram": np.histogram(overlaps, bins=10, range=(0, 1))[0].tolist()}
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    histogram_png(overlaps, out / "overlap_histogram.png")
+    return summary
+
+
+def histogram_png(values: list[float], path: Path, bins: int = 20) -> None:
+    """A plain bar chart of the accepted overlaps (PIL only)."""
+    from PIL import Image, ImageDraw
+
+    counts = np.histogram(values, bins=bins, range=(0, 1))[0]
+    w, h, pad = 420, 220, 30
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    top = max(1, counts.max())
+    bw = (w - 2 * pad) / bins
+    for i, c in enumerate(counts):
+        x0 = pad + i * bw
+        draw.rectangle([x0 + 1, h - pad - (h - 2 * pad) * c / top, x0 + bw - 1, h - pad], fill=(70, 110, 180))
+    draw.line([pad, h - pad, w - pad, h - pad], fill="black")
+    for t in (0, 0.25, 0.5, 0.75, 1.0):
+        draw.text((pad + t * (w - 2 * pad) - 8, h - pad + 4), f"{t:.2f}", fill="black")
+    draw.text((pad, 6), f"overlap of {len(values)} accepted pairs (max bin {top})", fill="black")
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="png")
