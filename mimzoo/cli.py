@@ -94,7 +94,8 @@ def cmd_curate(args) -> int:
 
     summary = curate(args.inputs, args.out, workers=args.workers, progress=not args.quiet,
                      options=Options(low=args.low, high=args.high, gap=args.gap, folder_step=args.folder_step,
-                                     folder_offset=args.folder_offset))
+                                     folder_offset=args.folder_offset, multiview=args.multiview,
+                                     min_sharpness=args.min_sharpness))
     print(f"{summary['pairs']} pairs from {summary['sources']} sources ({summary['candidates']} candidates) -> "
           f"{args.out}/shards, index {args.out}/pairs.jsonl; rejected: {summary['rejected']}")
     return 0
@@ -129,6 +130,9 @@ def zoo_parser() -> argparse.ArgumentParser:
     k.add_argument("--high", type=float, default=0.75, help="accept overlap below this (exclusive)")
     k.add_argument("--folder-step", type=int, default=10)
     k.add_argument("--folder-offset", type=int, default=5)
+    k.add_argument("--multiview", action="store_true",
+                   help="inputs are multi-view sets (a sub-folder of views per sample; optional depth + cameras)")
+    k.add_argument("--min-sharpness", type=float, default=1000.0, help="multi-view: Laplacian variance filter")
     k.add_argument("--quiet", action="store_true")
     k.set_defaults(func=cmd_curate)
     for name in LIGHTNING:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mimzoo.cli import main as cli
-from mimzoo.curate import curate
+from mimzoo.curate import Options, curate
 from mimzoo.curate.matching import OFFSETS, overlap, patch_map
 from mimzoo.data import read_records
 
@@ -137,3 +137,52 @@ def test_resume_after_kill_gives_the_same_pairs(video, tmp_path):
     assert cli(["curate", *copies, "--out", str(out), "--workers", "2", "--quiet"]) == 0
     assert (out / "pairs.jsonl").read_text() == (reference / "pairs.jsonl").read_text()
     assert sorted(p.name for p in (out / "shards").iterdir()) == sorted(p.name for p in (reference / "shards").iterdir())
+
+
+def planar_scene(root, tx: list[float], z: float = 5.0, f: float = 200.0, blur_last=False):
+    """A textured plane at depth z seen by cameras translated along x (pinhole, 224 x 224): views, depth maps
+    and camera files in the documented layout. The true map between views i and j is a shift of
+    (tx_i - tx_j) f / z pixels."""
+    import json as _json
+
+    from skimage import data
+
+    photo = cv2.resize(data.chelsea(), (900, 600))
+    root.mkdir(parents=True)
+    K = [[f, 0, 112], [0, f, 112], [0, 0, 1]]
+    for i, t in enumerate(tx):
+        # pixel u sees plane X = (u + 0.5 - 112) z / f + t; the texture maps X to photo column 100 + 40 X
+        shift = 100 + 40 * (t - 112 * z / f) + 40 * z / f * 0.5
+        M = np.array([[40 * z / f, 0, shift], [0, 40 * z / f, 150]], np.float64)
+        view = cv2.warpAffine(photo, M, (224, 224), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        if blur_last and i == len(tx) - 1:
+            view = cv2.GaussianBlur(view, (0, 0), 8)
+        cv2.imwrite(str(root / f"view{i}.png"), cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
+        np.save(root / f"view{i}.depth.npy", np.full((224, 224), z))
+        pose = np.eye(4)
+        pose[0, 3] = t
+        (root / f"view{i}.json").write_text(_json.dumps({"K": K, "pose": pose.tolist()}))
+
+
+def test_depth_reprojection_overlap_on_a_known_scene(tmp_path):
+    from mimzoo.curate.multiview import depth_overlap, load_camera
+
+    planar_scene(tmp_path / "s", [0.0, 2.0])
+    a, b = (load_camera(tmp_path / "s" / f"view{i}.png", (224, 224)) for i in range(2))
+    shift = (0.0 - 2.0) * 200 / 5.0  # -80 px
+    truth = overlap(np.array([[1, 0, shift], [0, 1, 0], [0, 0, 1]]))[0]
+    assert depth_overlap(a, b) == pytest.approx(truth, abs=0.02)
+    assert truth == pytest.approx((224 - 80) / 224, abs=0.02)
+
+
+def test_multiview_sets_keep_the_lowest_overlap_pair_in_window(tmp_path):
+    # sample 1: shifts of 40, 80 and 120 px between the three views -> overlaps ~0.82, ~0.64, ~0.46
+    planar_scene(tmp_path / "sets" / "sample1", [0.0, 1.0, 2.0, 3.0])
+    planar_scene(tmp_path / "sets" / "sample2", [0.0, 1.5, 9.0], blur_last=True)
+    summary = curate([str(tmp_path / "sets")], tmp_path / "out", workers=1, progress=False,
+                     options=Options(multiview=True, min_sharpness=10))  # a smooth photo, not a 1000-var render
+    records = [json.loads(line) for line in open(tmp_path / "out" / "pairs.jsonl")]
+    assert len(records) == 2 and all(r["overlap_from"] == "depth" for r in records)
+    first = next(r for r in records if r["source"].endswith("sample1"))
+    assert (first["frame_a"], first["frame_b"]) in {(0, 2), (1, 3)} and LOW < first["overlap"] < HIGH
+    assert summary["rejected"].get("blurry or textureless view", 0) == 1

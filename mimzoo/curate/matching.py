@@ -62,15 +62,22 @@ def _sample_pixels(seed: int = 0) -> np.ndarray:
 OFFSETS = _sample_pixels()
 
 
-def patch_map(h: np.ndarray, offsets: np.ndarray = OFFSETS) -> dict[int, int]:
-    """MIMIC's one-to-one patch correspondence under H: each source patch (row-major, in order) votes with its
-    sampled pixels for the target patch they land in ("out" when outside); the majority wins (ties: the smallest
-    patch index, where MIMIC takes the first value to reach the top count), and a target is taken only once."""
+def patch_pixels(offsets: np.ndarray = OFFSETS) -> np.ndarray:
+    """(196, 100, 2) x, y pixel coordinates sampled in every patch (row-major patches)."""
     rows, cols = np.divmod(np.arange(GRID * GRID), GRID)
-    pts = np.stack([cols[:, None] * PATCH + offsets[None, :, 1], rows[:, None] * PATCH + offsets[None, :, 0]], -1)
-    warped = cv2.perspectiveTransform(pts.reshape(-1, 1, 2).astype(np.float64), h).reshape(GRID * GRID, -1, 2)
+    return np.stack([cols[:, None] * PATCH + offsets[None, :, 1], rows[:, None] * PATCH + offsets[None, :, 0]],
+                    -1).astype(np.float64)
+
+
+def vote(warped: np.ndarray, valid: np.ndarray | None = None) -> dict[int, int]:
+    """MIMIC's one-to-one patch correspondence from where each patch's sampled pixels land (196, 100, 2): each
+    source patch (row-major, in order) votes for the target patch its pixels fall in ("out" when outside or not
+    valid); the majority wins (ties: the smallest patch index, where MIMIC takes the first value to reach the top
+    count), and a target is taken only once."""
     x, y = warped[..., 0], warped[..., 1]
     inside = (x >= 0) & (x < SIZE) & (y >= 0) & (y < SIZE)
+    if valid is not None:
+        inside &= valid
     target = np.where(inside, (np.clip(y, 0, SIZE - 1).astype(int) // PATCH) * GRID
                       + np.clip(x, 0, SIZE - 1).astype(int) // PATCH, GRID * GRID)  # GRID*GRID = "out"
     out, taken = {}, set()
@@ -82,14 +89,24 @@ def patch_map(h: np.ndarray, offsets: np.ndarray = OFFSETS) -> dict[int, int]:
     return out
 
 
-def overlap(h: np.ndarray) -> tuple[float, dict[int, int]]:
-    """MIMIC's conservative overlap: the patch map in both directions (H and its inverse); the smaller one, as a
-    fraction of the 196 patches, with keys always in view A."""
-    forward = patch_map(h)
-    backward = patch_map(np.linalg.inv(h))
+def patch_map(h: np.ndarray, offsets: np.ndarray = OFFSETS) -> dict[int, int]:
+    """The patch correspondence under a homography."""
+    pts = patch_pixels(offsets)
+    warped = cv2.perspectiveTransform(pts.reshape(-1, 1, 2), h).reshape(pts.shape)
+    return vote(warped)
+
+
+def smaller(forward: dict[int, int], backward: dict[int, int]) -> tuple[float, dict[int, int]]:
+    """MIMIC keeps the smaller of the two directions (a conservative overlap); keys always in view A."""
     if len(forward) < len(backward):
         return len(forward) / GRID ** 2, forward
     return len(backward) / GRID ** 2, {a: b for b, a in backward.items()}
+
+
+def overlap(h: np.ndarray) -> tuple[float, dict[int, int]]:
+    """MIMIC's conservative overlap: the patch map in both directions (H and its inverse); the smaller one, as a
+    fraction of the 196 patches, with keys always in view A."""
+    return smaller(patch_map(h), patch_map(np.linalg.inv(h)))
 
 
 def laplacian_variance(frame_rgb: np.ndarray) -> float:

@@ -31,16 +31,19 @@ class Options:
     gap: float = 1.0  # seconds between the two frames of a video pair
     folder_step: int = 10  # frame folders: pairs (i, i + folder_offset) for i = 0, step, 2 step, ...
     folder_offset: int = 5
+    multiview: bool = False  # inputs are multi-view sets: one sub-folder of views per sample (see multiview.py)
+    min_sharpness: float = 1000.0  # multi-view sets: skip views with a lower Laplacian variance
 
 
-def expand(inputs: list[str]) -> list[str]:
-    """Videos, folders of frames (or folders of videos), and list files (one input per line)."""
+def expand(inputs: list[str], multiview: bool = False) -> list[str]:
+    """Videos, folders of frames (or folders of videos), and list files (one input per line); with multiview,
+    each folder is one multi-view set."""
     out = []
     for item in inputs:
         p = Path(item)
         if p.is_file() and p.suffix in (".txt", ".lst"):
-            out += expand([line.strip() for line in p.read_text().splitlines() if line.strip()])
-        elif p.is_dir():
+            out += expand([line.strip() for line in p.read_text().splitlines() if line.strip()], multiview)
+        elif p.is_dir() and not multiview:
             videos = sorted(v for v in p.rglob("*") if v.suffix.lower() in VIDEO_EXTENSIONS)
             out += [str(v) for v in videos] if videos else [str(p)]
         else:
@@ -57,7 +60,18 @@ def process(source: str, out: str, opts: Options) -> dict:
     """One source: frames, SIFT once per frame, every candidate pair tested; writes the shard, then the record."""
     rejected, records, samples = Counter(), [], []
     try:
-        if Path(source).is_dir():
+        if opts.multiview:
+            from .multiview import process_sample
+
+            for sample in sorted(p for p in Path(source).iterdir() if p.is_dir()):
+                kept, why = process_sample(sample, opts.low, opts.high, opts.min_sharpness)
+                rejected.update(why)
+                if kept:
+                    record, img_a, img_b = kept
+                    records.append(record)
+                    samples.append((f"{source_id(str(sample))}", img_a, img_b, record))
+            pairs, frames = [], {}
+        elif Path(source).is_dir():
             paths = folder_frames(source)
             pairs = folder_pairs(len(paths), opts.folder_step, opts.folder_offset)
             needed = sorted({i for p in pairs for i in p})
@@ -111,7 +125,7 @@ def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None
     """Curate pairs from every input into `out`; returns the summary (also written to summary.json)."""
     out, opts = Path(out), options or Options()
     out.mkdir(parents=True, exist_ok=True)
-    sources = expand(inputs)
+    sources = expand(inputs, opts.multiview)
     done = {p.stem for p in (out / "sources").glob("*.json")} if (out / "sources").is_dir() else set()
     todo = [s for s in sources if source_id(s) not in done]
     workers = workers if workers is not None else min(len(todo), os.cpu_count() or 1)
