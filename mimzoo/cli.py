@@ -92,6 +92,16 @@ def cmd_convert(args) -> int:
 def cmd_curate(args) -> int:
     from .curate import Options, curate
 
+    if args.inputs[0] == "show":  # mimzoo curate show OUT [INDEX] --png FILE
+        from .curate.show import show
+
+        index = int(args.inputs[2]) if len(args.inputs) > 2 else 0
+        path = show(args.inputs[1] if len(args.inputs) > 1 else args.out, index, args.png or "pair.png")
+        print(f"wrote {path}")
+        return 0
+
+    if not args.out:
+        raise ValueError("--out is required: the folder that receives shards/, pairs.jsonl and summary.json")
     summary = curate(args.inputs, args.out, workers=args.workers, progress=not args.quiet,
                      options=Options(low=args.low, high=args.high, gap=args.gap, folder_step=args.folder_step,
                                      folder_offset=args.folder_offset, multiview=args.multiview,
@@ -121,9 +131,11 @@ def zoo_parser() -> argparse.ArgumentParser:
     c.add_argument("--decoder-num-heads", type=int, default=None)
     c.add_argument("--cache-dir", default=None)
     c.set_defaults(func=cmd_convert)
-    k = sub.add_parser("curate", help="MIMIC pair curation: videos / frame folders -> pair shards")
+    k = sub.add_parser("curate", help="MIMIC pair curation: videos / frame folders -> pair shards; "
+                                      "`mimzoo curate show OUT [INDEX] --png pair.png` draws a pair")
     k.add_argument("inputs", nargs="+", help="videos, folders of frames or of videos, list files (.txt)")
-    k.add_argument("--out", required=True)
+    k.add_argument("--out", default=None, help="output folder (required unless `show`)")
+    k.add_argument("--png", default=None, help="with `mimzoo curate show OUT [INDEX]`: the picture to write")
     k.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
     k.add_argument("--gap", type=float, default=1.0, help="seconds between the frames of a video pair")
     k.add_argument("--low", type=float, default=0.5, help="accept overlap above this (exclusive)")

@@ -186,3 +186,13 @@ def test_multiview_sets_keep_the_lowest_overlap_pair_in_window(tmp_path):
     first = next(r for r in records if r["source"].endswith("sample1"))
     assert (first["frame_a"], first["frame_b"]) in {(0, 2), (1, 3)} and LOW < first["overlap"] < HIGH
     assert summary["rejected"].get("blurry or textureless view", 0) == 1
+
+
+def test_show_draws_a_curated_pair(video, tmp_path):
+    path, _ = video
+    curate([str(path)], tmp_path / "out", workers=1, progress=False)
+    assert cli(["curate", "show", str(tmp_path / "out"), "0", "--png", str(tmp_path / "pair.png")]) == 0
+    from PIL import Image
+
+    img = Image.open(tmp_path / "pair.png")
+    assert img.size == (224 * 2 + 8, 224)
