@@ -102,7 +102,8 @@ def cmd_curate(args) -> int:
 
     if not args.out:
         raise ValueError("--out is required: the folder that receives shards/, pairs.jsonl and summary.json")
-    summary = curate(args.inputs, args.out, workers=args.workers, progress=not args.quiet,
+    summary = curate(args.inputs, args.out, workers=args.workers, progress=not args.quiet, engine=args.engine,
+                     ray_address=args.ray_address,
                      options=Options(low=args.low, high=args.high, gap=args.gap, folder_step=args.folder_step,
                                      folder_offset=args.folder_offset, multiview=args.multiview,
                                      min_sharpness=args.min_sharpness))
@@ -145,6 +146,9 @@ def zoo_parser() -> argparse.ArgumentParser:
     k.add_argument("--multiview", action="store_true",
                    help="inputs are multi-view sets (a sub-folder of views per sample; optional depth + cameras)")
     k.add_argument("--min-sharpness", type=float, default=1000.0, help="multi-view: Laplacian variance filter")
+    k.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local process pool, or Ray tasks (pip install 'mimzoo[ray]')")
+    k.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
     k.add_argument("--quiet", action="store_true")
     k.set_defaults(func=cmd_curate)
     for name in LIGHTNING:

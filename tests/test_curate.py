@@ -196,3 +196,16 @@ def test_show_draws_a_curated_pair(video, tmp_path):
 
     img = Image.open(tmp_path / "pair.png")
     assert img.size == (224 * 2 + 8, 224)
+
+
+def test_ray_engine_gives_the_same_pairs(video, tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'mimzoo[ray]')")
+    path, _ = video
+    copies = []
+    for i in range(3):
+        c = tmp_path / f"v{i}.avi"
+        c.write_bytes(path.read_bytes())
+        copies.append(str(c))
+    curate(copies, tmp_path / "local", workers=1, progress=False)
+    curate(copies, tmp_path / "ray", workers=2, progress=False, engine="ray")
+    assert (tmp_path / "ray" / "pairs.jsonl").read_text() == (tmp_path / "local" / "pairs.jsonl").read_text()

@@ -121,8 +121,12 @@ def process(source: str, out: str, opts: Options) -> dict:
 
 
 def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None, options: Options | None = None,
-           progress: bool = True) -> dict:
-    """Curate pairs from every input into `out`; returns the summary (also written to summary.json)."""
+           progress: bool = True, engine: str = "local", ray_address: str | None = None) -> dict:
+    """Curate pairs from every input into `out`; returns the summary (also written to summary.json).
+
+    engine="local": a process pool on this machine. engine="ray": one Ray task per source on the cluster at
+    `ray_address` (default: $RAY_ADDRESS, or a local Ray started here); `out` must then be a folder every node
+    can write. Both write the same files, atomically per source, so either can resume the other's run."""
     out, opts = Path(out), options or Options()
     out.mkdir(parents=True, exist_ok=True)
     sources = expand(inputs, opts.multiview)
@@ -134,7 +138,9 @@ def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None
         from tqdm import tqdm
 
         bar = tqdm(total=len(sources), initial=len(sources) - len(todo), desc="curate", unit="source")
-    if workers <= 1:
+    if engine == "ray":
+        _run_ray(todo, str(out), opts, workers, ray_address, bar)
+    elif workers <= 1:
         for s in todo:
             process(s, str(out), opts)
             bar and bar.update()
@@ -145,6 +151,27 @@ def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None
                 bar and bar.update()
     bar and bar.close()
     return finish(out, sources)
+
+
+def _run_ray(todo: list[str], out: str, opts: Options, workers: int, address: str | None, bar) -> None:
+    try:
+        import ray
+    except ImportError as e:
+        raise RuntimeError("engine 'ray' needs Ray: pip install 'mimzoo[ray]'") from e
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, num_cpus=None if address else max(1, workers), include_dashboard=False,
+                 log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1)(process)
+        pending = [task.remote(s, out, opts) for s in todo]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)
+            bar and bar.update()
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def finish(out: Path, sources: list[str]) -> dict:
