@@ -209,3 +209,32 @@ def test_ray_engine_gives_the_same_pairs(video, tmp_path):
     curate(copies, tmp_path / "local", workers=1, progress=False)
     curate(copies, tmp_path / "ray", workers=2, progress=False, engine="ray")
     assert (tmp_path / "ray" / "pairs.jsonl").read_text() == (tmp_path / "local" / "pairs.jsonl").read_text()
+
+
+def test_frame_folder_and_training_data(video, tmp_path):
+    """A folder of the video's frames (named out of order) gives the video's pairs, and the trainer reads them."""
+    path, _ = video
+    cap = cv2.VideoCapture(str(path))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    k = 0
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        cv2.imwrite(str(frames / f"img_{k}.png"), f)  # img_10 sorts before img_2 as text: order by number
+        k += 1
+    opts = Options(folder_step=1, folder_offset=1)
+    curate([str(path)], tmp_path / "v", workers=1, progress=False)
+    curate([str(frames)], tmp_path / "f", workers=1, progress=False, options=opts)
+    by_video = [(json.loads(l)["frame_a"], json.loads(l)["frame_b"]) for l in open(tmp_path / "v" / "pairs.jsonl")]
+    by_folder = [(json.loads(l)["frame_a"], json.loads(l)["frame_b"]) for l in open(tmp_path / "f" / "pairs.jsonl")]
+    assert by_folder == by_video
+
+    from mimzoo.data import PairDataModule
+
+    dm = PairDataModule(data=str(tmp_path / "f" / "shards" / "*.tar").replace("*", next(
+        (tmp_path / "f" / "shards").iterdir()).stem), size=64, batch_size=2, num_workers=0, shuffle_buffer=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 64, 64) and batch["image2"].dtype.is_floating_point is False
