@@ -1,0 +1,51 @@
+"""Frozen features of a backbone for a dataset: batched on the device, bf16 on GPU, cached to safetensors."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from ..checkpoint import write_safetensors
+
+
+def pooled(vit, images: torch.Tensor, pooling: str) -> torch.Tensor:
+    """'cls': the cls token after the final norm (MAE/MIM-Refiner probes), 'avg': mean of the patch tokens,
+    'default': what the model's own forward returns."""
+    if pooling == "default":
+        return vit(images)
+    tokens = vit.forward_features(images)
+    if pooling == "cls":
+        if not vit.num_prefix_tokens:
+            raise ValueError("this backbone has no cls token: use pooling='avg'")
+        return tokens[:, 0]
+    return tokens[:, vit.num_prefix_tokens:].mean(1)
+
+
+@torch.no_grad()
+def extract(vit, loader, pooling: str = "default", device: str | None = None, cache: str | Path | None = None,
+            progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) for every batch {"image": normalised float or uint8, "label"} of `loader`. With
+    `cache`, a finished extraction is written (atomically) to that .safetensors file and read back next time."""
+    if cache and Path(cache).is_file():
+        stored = load_file(cache)
+        return stored["features"], stored["labels"]
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vit = vit.to(device).eval()
+    mean = torch.tensor(vit.data_config["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(vit.data_config["std"], device=device).view(1, 3, 1, 1)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+    feats, labels = [], []
+    for batch in tqdm(loader, desc="features", disable=not progress):
+        images = batch["image"].to(device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = (images.float() / 255 - mean) / std
+        with autocast:
+            feats.append(pooled(vit, images, pooling).float().cpu())
+        labels.append(batch["label"].cpu())
+    out = torch.cat(feats), torch.cat(labels)
+    if cache:
+        write_safetensors({"features": out[0], "labels": out[1]}, cache)
+    return out

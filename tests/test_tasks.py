@@ -1,0 +1,123 @@
+"""Probes and metrics against reference computations: scikit-learn for k-NN, numpy for the dense metrics, and
+a 2-process gloo run for the DDP reduction."""
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from mimzoo.tasks import DepthMetrics, SurfaceNormalMetrics, knn_predict
+
+
+@pytest.mark.parametrize("k", [1, 20, 200])
+def test_knn_equals_scikit_learn(k):
+    from sklearn.datasets import load_digits
+    from sklearn.neighbors import KNeighborsClassifier
+
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32) + 0.01 * torch.randn(len(digits.data), 64,
+                                                                             generator=torch.Generator().manual_seed(0))
+    y = torch.tensor(digits.target)
+    train, test = slice(0, 1200), slice(1200, None)
+    t = 0.07
+    ref = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute",
+                               weights=lambda d: np.exp((1 - d) / t)).fit(x[train].numpy(), y[train].numpy())
+    expected = ref.predict(x[test].numpy())
+    got = knn_predict(x[train], y[train], x[test], k=k, temperature=t, chunk_size=100).numpy()
+    assert (got == expected).mean() == 1.0
+    assert abs((got == y[test].numpy()).mean() - (expected == y[test].numpy()).mean()) < 1e-6
+
+
+def numpy_depth(pred, target):
+    out = {k: [] for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3")}
+    for p, t in zip(pred.reshape(len(pred), -1), target.reshape(len(target), -1)):
+        v = t > 0
+        if not v.any():
+            continue
+        p, t = np.maximum(p[v], 1e-6), t[v]
+        r = np.maximum(p / t, t / p)
+        vals = dict(abs_rel=np.mean(np.abs(p - t) / t), sq_rel=np.mean((p - t) ** 2 / t),
+                    rmse=np.sqrt(np.mean((p - t) ** 2)), rmse_log=np.sqrt(np.mean((np.log(p) - np.log(t)) ** 2)),
+                    log10=np.mean(np.abs(np.log10(p) - np.log10(t))), delta1=np.mean(r < 1.25),
+                    delta2=np.mean(r < 1.25 ** 2), delta3=np.mean(r < 1.25 ** 3))
+        for key in out:
+            out[key].append(vals[key])
+    return {k: np.mean(v) for k, v in out.items()}
+
+
+def random_depth(seed, n=4):
+    g = np.random.default_rng(seed)
+    target = g.uniform(0.5, 10, (n, 1, 12, 16))
+    target[g.random(target.shape) < 0.3] = 0  # invalid pixels
+    target[0] = 0  # an image with no valid pixel at all
+    pred = target * g.uniform(0.7, 1.4, target.shape) + (target == 0) * 5
+    return pred, target
+
+
+def test_depth_metrics_equal_numpy():
+    m = DepthMetrics()
+    preds, targets = zip(*(random_depth(s) for s in range(3)))
+    for p, t in zip(preds, targets):
+        m.update(torch.tensor(p), torch.tensor(t)[:, 0])  # (B, 1, H, W) pred with (B, H, W) target
+    got = m.compute()
+    expected = numpy_depth(np.concatenate(preds), np.concatenate(targets))
+    for key, value in expected.items():
+        assert got[key].item() == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def random_normals(seed):
+    g = np.random.default_rng(seed)
+    target = g.normal(size=(3, 3, 10, 10))
+    target /= np.linalg.norm(target, axis=1, keepdims=True)
+    target[:, :, :2] = 0  # invalid rows
+    pred = target + 0.4 * g.normal(size=target.shape)
+    return pred, target
+
+
+def numpy_normals(pred, target):
+    v = np.linalg.norm(target, axis=1) > 0
+    p = pred / np.linalg.norm(pred, axis=1, keepdims=True)
+    cos = np.clip((p * target).sum(1), -1, 1)[v]
+    e = np.degrees(np.arccos(cos))
+    return dict(mean=e.mean(), median=np.median(e), rmse=np.sqrt((e ** 2).mean()), pct_11_25=(e < 11.25).mean() * 100,
+                pct_22_5=(e < 22.5).mean() * 100, pct_30=(e < 30).mean() * 100)
+
+
+def test_normal_metrics_equal_numpy():
+    m = SurfaceNormalMetrics()
+    preds, targets = zip(*(random_normals(s) for s in range(2)))
+    for p, t in zip(preds, targets):
+        m.update(torch.tensor(p), torch.tensor(t))
+    got = m.compute()
+    for key, value in numpy_normals(np.concatenate(preds), np.concatenate(targets)).items():
+        assert got[key].item() == pytest.approx(value, rel=1e-5, abs=1e-5), key
+
+
+def _ddp_worker(rank, port, results):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    depth, normals = DepthMetrics(), SurfaceNormalMetrics()
+    p, t = random_depth(rank)
+    depth.update(torch.tensor(p), torch.tensor(t))
+    pn, tn = random_normals(rank)
+    normals.update(torch.tensor(pn), torch.tensor(tn))
+    results[rank] = ({k: v.item() for k, v in depth.compute().items()},
+                     {k: v.item() for k, v in normals.compute().items()})
+    dist.destroy_process_group()
+
+
+def test_metrics_reduce_across_two_processes():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(port, results), nprocs=2, join=True)
+    depth_ref = numpy_depth(*map(np.concatenate, zip(random_depth(0), random_depth(1))))
+    normal_ref = numpy_normals(*map(np.concatenate, zip(random_normals(0), random_normals(1))))
+    for rank in range(2):
+        depth, normals = results[rank]
+        for key, value in depth_ref.items():
+            assert depth[key] == pytest.approx(value, rel=1e-5), key
+        for key, value in normal_ref.items():
+            assert normals[key] == pytest.approx(value, rel=1e-5, abs=1e-5), key
