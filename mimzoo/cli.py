@@ -112,6 +112,18 @@ def cmd_curate(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from .tasks.probe import knn_probe
+
+    if args.kind != "knn":
+        raise ValueError(f"probe {args.kind!r} is not available yet; use `mimzoo probe knn`")
+    result = knn_probe(args.model, args.data, ks=args.k, temperature=args.temperature, pooling=args.pooling,
+                       batch_size=args.batch_size, workers=args.workers, cache_dir=args.cache,
+                       progress=not args.quiet)
+    print(json.dumps({"model": args.model, "data": args.data, **result}))
+    return 0
+
+
 def zoo_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mimzoo", description="masked image modeling model zoo")
     sub = p.add_subparsers(dest="command", required=True)
@@ -151,6 +163,18 @@ def zoo_parser() -> argparse.ArgumentParser:
     k.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
     k.add_argument("--quiet", action="store_true")
     k.set_defaults(func=cmd_curate)
+    pr = sub.add_parser("probe", help="frozen-feature probes: mimzoo probe knn --model NAME --data DIR|digits")
+    pr.add_argument("kind", choices=("knn", "linear", "fewshot"))
+    pr.add_argument("--model", required=True, help="zoo name, checkpoint file or folder")
+    pr.add_argument("--data", required=True, help="'digits' (built in) or an ImageNet-style folder (train/, val/)")
+    pr.add_argument("--k", type=int, nargs="+", default=[20, 200])
+    pr.add_argument("--temperature", type=float, default=0.07)
+    pr.add_argument("--pooling", choices=("default", "cls", "avg"), default="default")
+    pr.add_argument("--batch-size", type=int, default=128)
+    pr.add_argument("--workers", type=int, default=4)
+    pr.add_argument("--cache", default=None, help="folder to cache the features (safetensors)")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=cmd_probe)
     for name in LIGHTNING:
         sub.add_parser(name, help=f"LightningCLI {name}: mimzoo {name} -c recipes/...yaml", add_help=False)
     return p

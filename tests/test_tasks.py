@@ -121,3 +121,18 @@ def test_metrics_reduce_across_two_processes():
             assert depth[key] == pytest.approx(value, rel=1e-5), key
         for key, value in normal_ref.items():
             assert normals[key] == pytest.approx(value, rel=1e-5, abs=1e-5), key
+
+
+def test_knn_probe_command_on_digits(parity_dir, tmp_path, capsys):
+    """The quick example: k-NN on scikit-learn's digits with a (tiny, fixture) backbone, features cached."""
+    import json
+
+    from mimzoo.cli import main as cli
+
+    args = ["probe", "knn", "--model", str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth"),
+            "--data", "digits", "--k", "20", "--cache", str(tmp_path), "--quiet", "--batch-size", "256"]
+    assert cli(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["knn20_top1"] > 50  # random-init-like tiny ViT features still separate digits well above 10 %
+    assert (tmp_path / "train.safetensors").is_file()
+    assert cli(args) == 0 and json.loads(capsys.readouterr().out) == result  # same numbers from the cache

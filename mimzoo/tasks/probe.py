@@ -1,0 +1,54 @@
+"""`mimzoo probe knn`: k-NN accuracy of a backbone's frozen features on a labelled dataset."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from .features import extract
+from .knn import knn_predict
+
+
+def digits_loaders(size: int, batch_size: int = 128) -> tuple[DataLoader, DataLoader]:
+    """scikit-learn's handwritten digits (1797 real 8 x 8 scans), upsampled to the model's input size; the first
+    1200 train, the rest test. A probe example that needs no download."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
+    x = torch.nn.functional.interpolate(x, size=size, mode="nearest").repeat(1, 3, 1, 1)
+    images, labels = (x * 255).to(torch.uint8), torch.tensor(digits.target)
+    split = 1200
+    batches = lambda lo, hi: [{"image": images[i:min(i + batch_size, hi)], "label": labels[i:min(i + batch_size, hi)]}  # noqa: E731
+                              for i in range(lo, hi, batch_size)]
+    return batches(0, split), batches(split, len(images))
+
+
+def folder_loaders(root: str, size: int, batch_size: int, workers: int) -> tuple[DataLoader, DataLoader]:
+    """ImageNet-style root/train/<class>/* and root/val/<class>/*, each image resized and centre-cropped."""
+    from pathlib import Path
+
+    from ..data import ImageFolderDataset, class_folder, collate_images
+
+    train = class_folder(Path(root) / "train")
+    val = class_folder(Path(root) / "val", train[2])
+    plain = lambda files, labels: DataLoader(ImageFolderDataset(files, size, labels), batch_size=batch_size,  # noqa: E731
+                                             num_workers=workers, collate_fn=collate_images)
+    return plain(*train[:2]), plain(*val[:2])
+
+
+def knn_probe(model: str, data: str, ks=(20, 200), temperature: float = 0.07, pooling: str = "default",
+              batch_size: int = 128, workers: int = 4, cache_dir: str | None = None, progress: bool = True) -> dict:
+    """Top-1 accuracy (%) of weighted k-NN for each k. data: "digits" or an ImageNet-style folder (train/, val/)."""
+    from ..loading import load
+
+    vit = load(model, num_classes=0) if not str(model).endswith(".ckpt") else load(model)
+    size = vit.data_config["input_size"][-1]
+    train, test = digits_loaders(size, batch_size) if data == "digits" else folder_loaders(data, size, batch_size, workers)
+    tag = lambda split: f"{cache_dir}/{split}.safetensors" if cache_dir else None  # noqa: E731
+    xtr, ytr = extract(vit, train, pooling, cache=tag("train"), progress=progress)
+    xte, yte = extract(vit, test, pooling, cache=tag("test"), progress=progress)
+    result = {}
+    for k in ks:
+        pred = knn_predict(xtr, ytr, xte, k=k, temperature=temperature)
+        result[f"knn{k}_top1"] = round((pred == yte).float().mean().item() * 100, 2)
+    return result
