@@ -94,15 +94,18 @@ class Method(L.LightningModule):
     def optimizer_groups(self) -> list[dict]:
         return weight_decay_groups(self, self.hparams.weight_decay)
 
+    def build_optimizer(self, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+        """AdamW (fused on CUDA); the linear probe overrides this with LARS."""
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(self.hparams.betas), fused=self.device.type == "cuda")
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         total = self.trainer.estimated_stepping_batches
         lr = self.learning_rate()
-        fused = self.device.type == "cuda"
         groups = self.optimizer_groups()
         for g in groups:  # per-group scales (layer-wise decay) are applied once, on the base lr
             g["lr"] = lr * g.pop("lr_scale", 1.0)
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), fused=fused)
+        optimizer = self.build_optimizer(groups, lr)
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = hp.warmup_epochs * total / epochs
         if hp.get("cosine_epochs"):  # CroCo stops training half-way down a longer cosine

@@ -241,6 +241,9 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
         if self.pos_embed_kind == "rope":
             self.rope = rope_2d(self.rope.shape[-1] // 2, self.grid_size, self.rope_base).to(self.rope)
         self.data_config["input_size"] = (self.patch_embed.proj.in_channels, *self.patch_embed.img_size)
+        if getattr(self, "_hub_mixin_config", None) is not None and img_size is not None:
+            # saved configs must rebuild the resized model, not the one it was loaded as
+            self._hub_mixin_config["img_size"] = img_size[0] if img_size[0] == img_size[1] else list(img_size)
 
     @classmethod
     def from_pretrained(cls, *args, strict: bool = True, **kwargs):

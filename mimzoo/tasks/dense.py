@@ -1,0 +1,217 @@
+"""Dense fine-tuning of any zoo backbone: monocular depth, semantic segmentation and surface normals, with a linear
+or DPT head, a frozen or fine-tuned backbone and layer-wise lr decay (the MultiMAE protocols MIMIC reports)."""
+from __future__ import annotations
+
+import math
+import re
+
+import kornia.augmentation as K
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from ..methods.base import Method, build_backbone, weight_decay_groups
+from ..methods.finetune import layer_decay_groups
+from ..models import ViT
+from .heads import DPTHead, LinearHead, default_hooks
+from .metrics import DepthMetrics, SurfaceNormalMetrics
+
+TASKS = {"depth": ("depth", 1), "segmentation": ("mask", None), "normals": ("normal", 3)}
+IGNORE_INDEX = 255
+
+
+def silog_loss(pred: torch.Tensor, target: torch.Tensor, variance_focus: float = 0.85) -> torch.Tensor:
+    """Scale-invariant log loss (Eigen et al. 2014 in the form of BTS/AdaBins): 10 * sqrt(mean(g^2) -
+    variance_focus * mean(g)^2), g = log(pred) - log(target) over the valid pixels (target > 0) of the batch."""
+    valid = target > 0
+    g = torch.log(pred[valid].clamp(min=1e-6)) - torch.log(target[valid])
+    return 10 * (g.pow(2).mean() - variance_focus * g.mean().pow(2)).clamp(min=1e-12).sqrt()
+
+
+def normal_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Over the valid pixels (target with non-zero norm) of unit-normalised predictions: mean absolute difference of
+    the vectors ("l1", MultiMAE's Taskonomy loss) or mean angle in radians ("angular")."""
+    valid = target.norm(dim=1) > 0
+    pred = F.normalize(pred, dim=1)
+    if kind == "l1":
+        return (pred - target).abs().sum(1)[valid].mean() / 3
+    cos = (pred * target).sum(1)[valid].clamp(-1 + 1e-6, 1 - 1e-6)  # acos has an infinite slope at +-1
+    return torch.acos(cos).mean()
+
+
+def segmentation_metrics(num_classes: int) -> MetricCollection:
+    """mIoU over the classes present in prediction or target (mmseg's convention) and pixel accuracy, accumulated
+    over the whole dataset; label 255 is ignored."""
+    return MetricCollection({
+        "miou": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=IGNORE_INDEX),
+        "pixel_acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)})
+
+
+def is_arch_name(name: str) -> bool:
+    return bool(re.fullmatch(r"vit_[a-z0-9]+_patch\d+(_\d+)?", name))
+
+
+def dense_backbone(backbone: str | dict, image_size: int, drop_path_rate: float,
+                   backbone_kwargs: dict | None = None) -> ViT:
+    """A zoo name or checkpoint (weights through `mimzoo.load`, position table resampled to `image_size`), an
+    architecture name (random init) or a saved config dict (rebuilding a fine-tuned checkpoint)."""
+    kwargs = dict(backbone_kwargs or {})
+    if isinstance(backbone, dict) or is_arch_name(backbone):
+        kwargs.setdefault("img_size", image_size)
+        return build_backbone(backbone, {**kwargs, "drop_path_rate": drop_path_rate})
+    from ..loading import load
+
+    return load(backbone, img_size=image_size, drop_path_rate=drop_path_rate, num_classes=0, **kwargs)
+
+
+class DenseFinetune(Method):
+    """`task`: "depth" (metres; predicted as exp of the head's output, scale-invariant log loss), "segmentation"
+    (cross-entropy, 255 ignored) or "normals" (unit vectors; L1 or angular loss).
+    `head`: "dpt" on the blocks `hooks` (default: four equally spaced, ending at the last; raw block outputs as in
+    MultiMAE, `norm_last_hook` puts the last one through the final norm as CroCo does) or "linear" on the last
+    layer (always after the final norm). `freeze_backbone` trains the head only.
+
+    Defaults: MultiMAE's NYUv2 depth recipe for ViT-B, which MIMIC uses (AdamW lr 1e-4, wd 1e-4, layer decay 0.75,
+    warmup, 256 px). Batches: {"image": uint8 (B, 3, H, W), <target>} with target "depth" (B, 1, H, W) (0 = no
+    depth), "mask" (B, H, W) int64 or "normal" (B, 3, H, W), as `mimzoo.data.DenseDataModule` gives them.
+    """
+
+    def __init__(
+        self,
+        task: str = "depth",
+        backbone: str | dict = "mae_vit_base_patch16",
+        backbone_kwargs: dict | None = None,
+        num_classes: int | None = None,
+        head: str = "dpt",
+        hooks: list[int] | None = None,
+        feature_dim: int = 256,
+        last_dim: int = 32,
+        freeze_backbone: bool = False,
+        norm_last_hook: bool = False,
+        image_size: int = 256,
+        drop_path_rate: float = 0.1,
+        layer_decay: float = 0.75,
+        normal_loss: str = "l1",
+        variance_focus: float = 0.85,
+        max_depth: float = 10.0,
+        color_jitter: float = 0.4,
+        blr: float | None = None,
+        lr: float | None = 1e-4,
+        weight_decay: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 1,
+        min_lr: float = 1e-6,
+    ):
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+        if head not in ("dpt", "linear"):
+            raise ValueError(f"head must be 'dpt' or 'linear', got {head!r}")
+        if task == "segmentation" and not num_classes:
+            raise ValueError("segmentation needs num_classes (150 for ADE20K)")
+        if normal_loss not in ("l1", "angular"):
+            raise ValueError(f"normal_loss must be 'l1' or 'angular', got {normal_loss!r}")
+        self.save_hyperparameters()
+        self.backbone = dense_backbone(backbone, image_size, drop_path_rate, backbone_kwargs)
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+        depth = len(self.backbone.blocks)
+        self.hooks = list(hooks) if hooks is not None else default_hooks(depth)
+        if head == "dpt" and (len(self.hooks) != 4 or not all(0 <= h < depth for h in self.hooks)):
+            raise ValueError(f"DPT needs 4 hooks among blocks 0..{depth - 1}, got {self.hooks}")
+        self.target_key, channels = TASKS[task]
+        channels = channels or num_classes
+        dim = self.backbone.embed_dim
+        self.head = (DPTHead(dim, channels, "segmentation" if task == "segmentation" else "regression",
+                             feature_dim=feature_dim, last_dim=last_dim) if head == "dpt" else LinearHead(dim, channels))
+        mean, std = self.backbone.data_config["mean"], self.backbone.data_config["std"]
+        self.normalize = K.Normalize(torch.tensor(mean), torch.tensor(std))
+        self.jitter = K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.1, p=0.8) if color_jitter else None
+        if task == "depth":
+            self.val_metrics = DepthMetrics()
+        elif task == "normals":
+            self.val_metrics = SurfaceNormalMetrics()
+        else:
+            self.val_metrics = segmentation_metrics(num_classes)
+
+    # -- model ------------------------------------------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Token maps (B, D, h, w) at the hooks."""
+        last = len(self.backbone.blocks) - 1
+        linear = self.hparams.head == "linear"
+        take = [last] if linear else self.hooks
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.hparams.freeze_backbone):
+            maps = self.backbone.forward_intermediates(images, indices=take, intermediates_only=True,
+                                                       stop_early=True)
+            if take[-1] == last and (linear or self.hparams.norm_last_hook):
+                maps[-1] = self.backbone.norm(maps[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return maps
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, H, W) -> depth in metres (B, 1, H, W), class logits (B, C, H, W) or unit
+        normals (B, 3, H, W)."""
+        out = self.head(self.features(images), images.shape[-2:])
+        if self.hparams.task == "depth":
+            return torch.exp(out.float().clamp(max=math.log(self.hparams.max_depth) + 1))  # no overflow early on
+        if self.hparams.task == "normals":
+            return F.normalize(out.float(), dim=1)
+        return out
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.hparams.freeze_backbone:
+            self.backbone.eval()  # a frozen backbone has no dropout/drop path to run
+        return self
+
+    def optimizer_groups(self) -> list[dict]:
+        groups = layer_decay_groups(self.backbone, self.hparams.weight_decay, self.hparams.layer_decay)
+        for g in groups:
+            g.pop("names")
+        return groups + weight_decay_groups(self.head, self.hparams.weight_decay)
+
+    # -- data -------------------------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if batch["image"].dtype != torch.uint8:
+            return batch
+        images, target = batch["image"].float() / 255, batch[self.target_key]
+        if self.training:
+            images, target = self.flip(images, target)
+            if self.jitter is not None:
+                images = self.jitter(images)
+        return {**batch, "image": self.normalize(images), self.target_key: target}
+
+    def flip(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Random horizontal flip of image and target together, on the device; a flipped normal map also
+        mirrors its x component."""
+        flip = torch.rand(images.shape[0], device=images.device) < 0.5
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        flipped = target.flip(-1)
+        if self.target_key == "normal":
+            flipped = flipped * torch.tensor([-1.0, 1.0, 1.0], device=target.device).view(1, 3, 1, 1)
+        return images, torch.where(flip.view(-1, *[1] * (target.ndim - 1)), flipped, target)
+
+    # -- steps ------------------------------------------------------------------------------------------------
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        task = self.hparams.task
+        if task == "depth":
+            return silog_loss(pred, target, self.hparams.variance_focus)
+        if task == "normals":
+            return normal_loss(pred, target, self.hparams.normal_loss)
+        return F.cross_entropy(pred.float(), target, ignore_index=IGNORE_INDEX)
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        return self.loss(self(batch["image"]), batch[self.target_key])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pred, target = self(batch["image"]), batch[self.target_key]
+        self.log("val/loss", self.loss(pred, target), batch_size=len(pred), sync_dist=True)
+        if self.hparams.task == "depth":
+            pred = pred.clamp(1e-3, self.hparams.max_depth)
+        elif self.hparams.task == "segmentation":
+            pred = pred.argmax(1)
+        self.val_metrics.update(pred, target)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()}, prog_bar=True, sync_dist=False)
+        self.val_metrics.reset()

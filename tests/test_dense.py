@@ -1,0 +1,157 @@
+"""Dense fine-tuning: heads, losses, segmentation metrics, augmentation and short real training runs on CPU."""
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mimzoo.tasks.dense import DenseFinetune, normal_loss, segmentation_metrics, silog_loss
+from mimzoo.tasks.heads import DPTHead, default_hooks
+
+TINY = {"backbone": "vit_tiny_patch16", "backbone_kwargs": {"depth": 4, "embed_dim": 64, "num_heads": 2},
+        "feature_dim": 32, "image_size": 64, "drop_path_rate": 0.0}
+
+
+def test_default_hooks_are_multimae_and_croco_ones():
+    assert default_hooks(12) == [2, 5, 8, 11]
+    assert default_hooks(24) == [5, 11, 17, 23]
+
+
+def test_dpt_head_matches_multimae_parameter_counts():
+    """MIMIC's NYUv2 log reports 105,711,745 parameters for ViT-B + DPT depth and 105,711,811 for normals; the
+    encoder without its fixed position table and final norm has 85,645,824, so the heads have 20,065,921 and
+    20,065,987 (two more output channels x (32 weights + bias))."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(DPTHead(768, 1)) == 105_711_745 - 85_645_824
+    assert count(DPTHead(768, 3)) == 105_711_811 - 85_645_824
+
+
+@pytest.mark.parametrize("size", [(64, 64), (80, 112), (208, 208)])
+def test_dpt_output_is_full_resolution_for_any_grid(size):
+    head = DPTHead(32, 5, "segmentation", feature_dim=16)
+    h, w = size[0] // 16, size[1] // 16
+    maps = [torch.randn(2, 32, h, w) for _ in range(4)]
+    assert head(maps, size).shape == (2, 5, *size)
+
+
+def test_silog_loss_equals_the_formula_and_ignores_invalid_pixels():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(2, 1, 8, 8, generator=g) + 0.5, torch.rand(2, 1, 8, 8, generator=g) * 4
+    target[0, 0, :3] = 0
+    valid = target.numpy() > 0
+    d = np.log(pred.numpy()[valid]) - np.log(target.numpy()[valid])
+    expected = 10 * np.sqrt((d ** 2).mean() - 0.85 * d.mean() ** 2)
+    assert silog_loss(pred, target).item() == pytest.approx(expected, rel=1e-5)
+    # scale invariance (variance_focus 1): a global scale of the prediction costs nothing
+    assert silog_loss(pred * 3, target, 1.0).item() == pytest.approx(silog_loss(pred, target, 1.0).item(), abs=1e-3)
+
+
+def test_normal_losses_on_known_angles():
+    target = torch.zeros(1, 3, 2, 2)
+    target[:, 2] = 1
+    target[0, :, 1, 1] = 0  # invalid pixel
+    pred = torch.zeros(1, 3, 2, 2)
+    pred[:, 0] = 1  # 90 degrees everywhere
+    assert normal_loss(pred, target, "angular").item() == pytest.approx(np.pi / 2, rel=1e-4)
+    assert normal_loss(pred, target, "l1").item() == pytest.approx(2 / 3, rel=1e-6)
+    assert normal_loss(target + 0.0, target, "l1").item() == 0
+
+
+def test_segmentation_metrics_equal_numpy_confusion_matrix():
+    g = torch.Generator().manual_seed(1)
+    metric = segmentation_metrics(6)
+    preds, targets = [], []
+    for _ in range(3):
+        pred = torch.randint(0, 5, (2, 16, 16), generator=g)  # class 5 never predicted nor present
+        target = torch.randint(0, 5, (2, 16, 16), generator=g)
+        target[target == 4] = 255
+        metric.update(pred, target)
+        preds.append(pred.numpy().ravel())
+        targets.append(target.numpy().ravel())
+    p, t = np.concatenate(preds), np.concatenate(targets)
+    keep = t != 255
+    cm = np.bincount(t[keep] * 6 + p[keep], minlength=36).reshape(6, 6)
+    inter, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
+    iou = inter[union > 0] / union[union > 0]  # mmseg: classes absent from both do not count
+    out = metric.compute()
+    assert out["miou"].item() == pytest.approx(iou.mean(), abs=1e-6)
+    assert out["pixel_acc"].item() == pytest.approx(inter.sum() / keep.sum(), abs=1e-6)
+
+
+def test_flip_mirrors_normals_consistently():
+    model = DenseFinetune(task="normals", **TINY).train()
+    image = torch.rand(64, 3, 4, 4)
+    normal = F.normalize(torch.randn(64, 3, 4, 4), dim=1)
+    torch.manual_seed(0)
+    img2, n2 = model.flip(image, normal)
+    flipped = (img2 != image).flatten(1).any(1)
+    assert 10 < flipped.sum() < 54
+    assert torch.equal(img2[flipped], image[flipped].flip(-1))
+    assert torch.equal(n2[flipped][:, 0], -normal[flipped][:, 0].flip(-1))
+    assert torch.equal(n2[flipped][:, 1:], normal[flipped][:, 1:].flip(-1))
+    assert torch.equal(n2[~flipped], normal[~flipped])
+
+
+def smooth_scene(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose depth is a known function of the picture (brighter = nearer), so a head can learn it."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 1, 4, 4, generator=g)
+    depth = 1 + 4 * F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+    image = ((5 - depth) / 4).repeat(1, 3, 1, 1) * torch.tensor([1.0, 0.7, 0.4]).view(1, 3, 1, 1)
+    return (image * 255).to(torch.uint8), depth
+
+
+class Batches(torch.utils.data.Dataset):
+    def __init__(self, images, targets, key):
+        self.images, self.targets, self.key = images, targets, key
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], self.key: self.targets[i]}
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_tiny_depth_finetune_lowers_the_loss(freeze, tmp_path):
+    torch.manual_seed(0)
+    images, depth = smooth_scene(32, 64, seed=0)
+    loader = torch.utils.data.DataLoader(Batches(images, depth, "depth"), batch_size=8, shuffle=True)
+    model = DenseFinetune(task="depth", freeze_backbone=freeze, lr=5e-4, warmup_epochs=0, color_jitter=0, **TINY)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    val = model.on_after_batch_transfer({"image": images[:16], "depth": depth[:16]}, 0)
+    with torch.no_grad():
+        start = silog_loss(model.eval()(val["image"]), depth[:16]).item()
+    trainer = L.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, loader)
+    with torch.no_grad():
+        end = silog_loss(model.eval()(val["image"]), depth[:16]).item()
+    assert end < 0.6 * start, (start, end)
+    after = model.backbone.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert (changed == []) == freeze, changed
+
+
+def test_layer_decay_and_frozen_backbone_groups():
+    model = DenseFinetune(task="segmentation", num_classes=3, layer_decay=0.5, **TINY)
+    scales = sorted({g["lr_scale"] for g in model.optimizer_groups() if "lr_scale" in g})
+    assert scales == [0.5 ** k for k in range(5, -1, -1)]  # 4 blocks + embeddings + head-side parts
+    head_params = {id(p) for p in model.head.parameters()}
+    frozen = DenseFinetune(task="segmentation", num_classes=3, freeze_backbone=True, **TINY)
+    params = [p for g in frozen.optimizer_groups() for p in g["params"]]
+    assert {id(p) for p in params} == {id(p) for p in frozen.head.parameters()} and len(head_params) == len(params)
+
+
+def test_segmentation_and_normals_validation_report_their_metrics(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (4, 3, 64, 64), dtype=torch.uint8, generator=g)
+    for task, key, target in [("segmentation", "mask", torch.randint(0, 3, (4, 64, 64), generator=g)),
+                              ("normals", "normal", F.normalize(torch.randn(4, 3, 64, 64, generator=g), dim=1))]:
+        model = DenseFinetune(task=task, num_classes=3 if task == "segmentation" else None, **TINY)
+        loader = torch.utils.data.DataLoader(Batches(images, target, key), batch_size=2)
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=tmp_path)
+        metrics = trainer.validate(model, loader, verbose=False)[0]
+        expected = {"val/miou", "val/pixel_acc"} if task == "segmentation" else {"val/mean", "val/median", "val/pct_30"}
+        assert expected <= set(metrics), metrics
