@@ -155,3 +155,41 @@ def test_segmentation_and_normals_validation_report_their_metrics(tmp_path):
         metrics = trainer.validate(model, loader, verbose=False)[0]
         expected = {"val/miou", "val/pixel_acc"} if task == "segmentation" else {"val/mean", "val/median", "val/pct_30"}
         assert expected <= set(metrics), metrics
+
+
+def test_zoo_backbone_weights_load_and_checkpoint_round_trips(parity_dir, tmp_path):
+    """`backbone:` takes any checkpoint `mimzoo.load` reads (here a real-format MAE encoder), resized to the task's
+    input; the fine-tuned Lightning checkpoint loads back through mimzoo.load with identical predictions."""
+    import mimzoo
+
+    source = parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth"
+    model = DenseFinetune(task="depth", backbone=str(source), image_size=96, feature_dim=32).eval()
+    assert model.hooks == [0, 0, 0, 1]  # a 2-block encoder
+    reference = mimzoo.load(source)
+    blocks = {k: v for k, v in model.backbone.state_dict().items() if k.startswith("blocks.")}
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in blocks.items())
+    assert model.backbone.pos_embed.shape[1] == 1 + 36  # 96 px / 16 = 6 x 6 patches + cls
+    images = torch.randn(2, 3, 96, 96)
+    trainer = L.Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "depth.ckpt")
+    again = mimzoo.load(tmp_path / "depth.ckpt", model="pretrainer")
+    assert isinstance(again, DenseFinetune)
+    with torch.no_grad():
+        assert torch.equal(again(images), model(images))
+
+
+def test_validation_writes_prediction_pictures(tmp_path):
+    images, depth = smooth_scene(4, 64, seed=1)
+    depth[:, :, :8] = 0  # invalid rows are drawn black
+    model = DenseFinetune(task="depth", **TINY)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    loader = torch.utils.data.DataLoader(Batches(images, depth, "depth"), batch_size=4)
+    trainer.fit(model, loader, loader)
+    from PIL import Image
+
+    picture = np.asarray(Image.open(tmp_path / "predictions" / "epoch_0000.png"))
+    assert picture.shape == (4 * 66 + 2, 3 * 66 + 2, 3)
+    target_tile = picture[2:66, 68:132]
+    assert target_tile[:8].max() == 0 and target_tile[8:].mean() > 10

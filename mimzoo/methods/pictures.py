@@ -35,20 +35,28 @@ def reconstruction_grid(images: torch.Tensor, pred: torch.Tensor, mask: torch.Te
     return make_grid(tiles.cpu(), nrow=len(columns), padding=2, pad_value=1.0)
 
 
+def save_epoch_picture(module, grid: torch.Tensor, folder: str) -> Path | None:
+    """<run dir>/<folder>/epoch_XXXX.png from rank 0, every `picture_every_n_epochs` (hparam, default 1), never
+    during the sanity check; written atomically."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None or trainer.sanity_checking or trainer.global_rank != 0:
+        return None
+    every = max(1, int(module.hparams.get("picture_every_n_epochs", 1)))
+    if trainer.current_epoch % every:
+        return None
+    path = Path(trainer.log_dir or trainer.default_root_dir) / folder / f"epoch_{trainer.current_epoch:04d}.png"
+    with atomic_path(path) as tmp:
+        save_image(grid, tmp, format="png")
+    return path
+
+
 class ReconstructionPictures:
     """Mixin for LightningModules with `views` (mean/std), `backbone` and `hparams.norm_pix_loss`."""
 
     def save_reconstructions(self, images: torch.Tensor, out, reference: torch.Tensor | None = None) -> Path | None:
         trainer = getattr(self, "_trainer", None)
-        if trainer is None or trainer.sanity_checking or trainer.global_rank != 0:
-            return None
-        every = max(1, int(self.hparams.get("picture_every_n_epochs", 1)))
-        if trainer.current_epoch % every:
+        if trainer is None or trainer.sanity_checking:
             return None
         grid = reconstruction_grid(images, out.pred, out.mask, self.backbone.patch_embed.patch_size[0],
                                    self.views.mean, self.views.std, self.hparams.norm_pix_loss, reference)
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "reconstructions"
-        path = folder / f"epoch_{trainer.current_epoch:04d}.png"
-        with atomic_path(path) as tmp:
-            save_image(grid, tmp, format="png")
-        return path
+        return save_epoch_picture(self, grid, "reconstructions")

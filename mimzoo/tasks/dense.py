@@ -13,7 +13,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from ..methods.base import Method, build_backbone, weight_decay_groups
 from ..methods.finetune import layer_decay_groups
+from ..methods.pictures import save_epoch_picture
 from ..models import ViT
+from .colorize import dense_grid
 from .heads import DPTHead, LinearHead, default_hooks
 from .metrics import DepthMetrics, SurfaceNormalMetrics
 
@@ -96,6 +98,7 @@ class DenseFinetune(Method):
         variance_focus: float = 0.85,
         max_depth: float = 10.0,
         color_jitter: float = 0.4,
+        picture_every_n_epochs: int = 1,
         blr: float | None = None,
         lr: float | None = 1e-4,
         weight_decay: float = 1e-4,
@@ -142,8 +145,10 @@ class DenseFinetune(Method):
         linear = self.hparams.head == "linear"
         take = [last] if linear else self.hooks
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.hparams.freeze_backbone):
-            maps = self.backbone.forward_intermediates(images, indices=take, intermediates_only=True,
+            blocks = sorted(set(take))
+            maps = self.backbone.forward_intermediates(images, indices=blocks, intermediates_only=True,
                                                        stop_early=True)
+            maps = [maps[blocks.index(b)] for b in take]
             if take[-1] == last and (linear or self.hparams.norm_last_hook):
                 maps[-1] = self.backbone.norm(maps[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return maps
@@ -211,6 +216,12 @@ class DenseFinetune(Method):
         elif self.hparams.task == "segmentation":
             pred = pred.argmax(1)
         self.val_metrics.update(pred, target)
+        if batch_idx == 0:
+            mean = torch.tensor(self.backbone.data_config["mean"], device=pred.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.backbone.data_config["std"], device=pred.device).view(1, 3, 1, 1)
+            grid = dense_grid(batch["image"] * std + mean, target, pred, self.hparams.task,
+                              max_depth=self.hparams.max_depth)
+            save_epoch_picture(self, grid, "predictions")
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()}, prog_bar=True, sync_dist=False)

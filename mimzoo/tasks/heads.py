@@ -14,9 +14,8 @@ from torch import nn
 
 def default_hooks(depth: int) -> list[int]:
     """Four equally spaced blocks ending at the last one: [2, 5, 8, 11] for 12 blocks, [5, 11, 17, 23] for 24
-    (MultiMAE / CroCo encoder-only / MIMIC)."""
-    step = depth // 4
-    return [step * (i + 1) - 1 for i in range(3)] + [depth - 1]
+    (MultiMAE / CroCo encoder-only / MIMIC); shallow test models repeat blocks."""
+    return [max(0, (i + 1) * depth // 4 - 1) for i in range(4)]
 
 
 class LinearHead(nn.Module):
