@@ -113,14 +113,25 @@ def cmd_curate(args) -> int:
 
 
 def cmd_probe(args) -> int:
-    from .tasks.probe import knn_probe
+    from .tasks import probe
 
-    if args.kind != "knn":
-        raise ValueError(f"probe {args.kind!r} is not available yet; use `mimzoo probe knn`")
-    result = knn_probe(args.model, args.data, ks=args.k, temperature=args.temperature, pooling=args.pooling,
-                       batch_size=args.batch_size, workers=args.workers, cache_dir=args.cache,
-                       progress=not args.quiet)
-    print(json.dumps({"model": args.model, "data": args.data, **result}))
+    common = {"pooling": args.pooling, "batch_size": args.batch_size, "workers": args.workers,
+              "cache_dir": args.cache, "progress": not args.quiet}
+    if args.kind == "knn":
+        result = probe.knn_probe(args.model, args.data, ks=args.k, temperature=args.temperature, **common)
+    elif args.kind == "linear":
+        lr = args.blr * args.probe_batch_size / 256 if args.blr is not None else args.lr
+        result = probe.linear_probe(args.model, args.data, epochs=args.epochs, lr=lr,
+                                    probe_batch_size=args.probe_batch_size, warmup_epochs=args.warmup_epochs,
+                                    seed=args.seed, **common)
+    else:
+        result = probe.lowshot_probe(args.model, args.data, shots=args.shots, seeds=args.seeds, lambd=args.lambd,
+                                     preprocess_test=args.preprocess_test, **common)
+        if not args.quiet:  # the human summary on stderr keeps stdout one JSON document
+            for k in args.shots:
+                print(f"{k}-shot top-1: {result[f'{k}shot_top1_mean']:.2f} ± {result[f'{k}shot_top1_std']:.2f} "
+                      f"({len(args.seeds)} seeds)", file=sys.stderr)
+    print(json.dumps({"model": args.model, "data": args.data, "probe": args.kind, **result}))
     return 0
 
 
@@ -163,17 +174,35 @@ def zoo_parser() -> argparse.ArgumentParser:
     k.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
     k.add_argument("--quiet", action="store_true")
     k.set_defaults(func=cmd_curate)
-    pr = sub.add_parser("probe", help="frozen-feature probes: mimzoo probe knn --model NAME --data DIR|digits")
-    pr.add_argument("kind", choices=("knn", "linear", "fewshot"))
+    pr = sub.add_parser("probe", help="frozen-feature probes: mimzoo probe knn|linear|fewshot --model NAME "
+                                       "--data DIR|digits; prints one JSON line")
+    pr.add_argument("kind", choices=("knn", "linear", "fewshot"),
+                    help="knn: weighted k-NN (DINO); linear: MAE's BN + linear head with LARS on cached features "
+                         "(no augmentation; `mimzoo fit -c recipes/downstream/linear_probe_vit_base.yaml` runs the "
+                         "full protocol); fewshot: MSN / MIM-Refiner extreme low-shot logistic regression")
     pr.add_argument("--model", required=True, help="zoo name, checkpoint file or folder")
     pr.add_argument("--data", required=True, help="'digits' (built in) or an ImageNet-style folder (train/, val/)")
-    pr.add_argument("--k", type=int, nargs="+", default=[20, 200])
-    pr.add_argument("--temperature", type=float, default=0.07)
     pr.add_argument("--pooling", choices=("default", "cls", "avg"), default="default")
-    pr.add_argument("--batch-size", type=int, default=128)
+    pr.add_argument("--batch-size", type=int, default=128, help="feature extraction batch size")
     pr.add_argument("--workers", type=int, default=4)
     pr.add_argument("--cache", default=None, help="folder to cache the features (safetensors)")
     pr.add_argument("--quiet", action="store_true")
+    knn = pr.add_argument_group("knn")
+    knn.add_argument("--k", type=int, nargs="+", default=[20, 200])
+    knn.add_argument("--temperature", type=float, default=0.07)
+    lin = pr.add_argument_group("linear")
+    lin.add_argument("--epochs", type=int, default=90)
+    lin.add_argument("--lr", type=float, default=6.4, help="LARS lr (MAE: 0.1 x 16384 / 256)")
+    lin.add_argument("--blr", type=float, default=None, help="instead of --lr: lr = blr x probe batch / 256")
+    lin.add_argument("--probe-batch-size", type=int, default=256, help="batch of cached features per step")
+    lin.add_argument("--warmup-epochs", type=float, default=10)
+    lin.add_argument("--seed", type=int, default=0)
+    few = pr.add_argument_group("fewshot")
+    few.add_argument("--shots", type=int, nargs="+", default=[1, 2, 5], help="training images per class")
+    few.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one split per seed")
+    few.add_argument("--lambd", type=float, default=0.00025, help="L2 strength before division by n_train")
+    few.add_argument("--preprocess-test", action="store_true",
+                     help="centre + L2-normalise the test features too (MSN's script; MIM-Refiner does not)")
     pr.set_defaults(func=cmd_probe)
     for name in LIGHTNING:
         sub.add_parser(name, help=f"LightningCLI {name}: mimzoo {name} -c recipes/...yaml", add_help=False)

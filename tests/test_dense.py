@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mimzoo.tasks.dense import DenseFinetune, normal_loss, segmentation_metrics, silog_loss
+from mimzoo.tasks.dense import DenseFinetune, berhu_loss, normal_loss, segmentation_metrics, silog_loss
 from mimzoo.tasks.heads import DPTHead, default_hooks
 
 TINY = {"backbone": "vit_tiny_patch16", "backbone_kwargs": {"depth": 4, "embed_dim": 64, "num_heads": 2},
@@ -44,6 +44,17 @@ def test_silog_loss_equals_the_formula_and_ignores_invalid_pixels():
     assert silog_loss(pred, target).item() == pytest.approx(expected, rel=1e-5)
     # scale invariance (variance_focus 1): a global scale of the prediction costs nothing
     assert silog_loss(pred * 3, target, 1.0).item() == pytest.approx(silog_loss(pred, target, 1.0).item(), abs=1e-3)
+
+
+def test_berhu_loss_equals_the_formula():
+    g = torch.Generator().manual_seed(2)
+    pred, target = torch.rand(2, 1, 8, 8, generator=g) * 5, torch.rand(2, 1, 8, 8, generator=g) * 5
+    target[1, 0, 4:] = 0
+    valid = target.numpy() > 0
+    e = np.abs(pred.numpy()[valid] - target.numpy()[valid])
+    c = 0.2 * e.max()
+    expected = np.where(e < c, e, (e ** 2 + c ** 2) / (2 * c)).mean()
+    assert berhu_loss(pred, target).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_normal_losses_on_known_angles():

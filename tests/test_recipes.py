@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from mimzoo import hub
 from mimzoo.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,8 +29,12 @@ def test_recipe_parses_and_instantiates(recipe, capsys, monkeypatch):
     assert done.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
     model_spec = config["model"]
-    if model_spec["init_args"].get("pretrained"):  # fine-tuning recipes: build from the architecture instead
-        model_spec["init_args"]["backbone"] = model_spec["init_args"].pop("pretrained").replace("mae_", "")
+    args = model_spec["init_args"]
+    if args.get("pretrained"):  # fine-tuning recipes: build from the architecture instead
+        args["backbone"] = args.pop("pretrained").replace("mae_", "")
+    if isinstance(args.get("backbone"), str) and args["backbone"] in hub.registry():  # no download in tests
+        entry = hub.entry(args["backbone"])
+        args.update(backbone=entry["arch"], backbone_kwargs={"num_heads": entry["num_heads"]})
     with torch.device("meta"):  # ViT-H at full size, without allocating it
         model = instantiate(model_spec)
     assert sum(p.numel() for p in model.parameters()) > 0
@@ -45,10 +50,11 @@ def test_paper_recipe_matches_the_paper():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, run_dir, tokens", [("mae_tiny", "quickstart", 65), ("croco_tiny", "croco_quickstart", 64)])
+@pytest.mark.parametrize("recipe, run_dir, tokens", [("mae_tiny", "quickstart", 65), ("croco_tiny", "croco_quickstart", 64),
+                                                    ("depth_tiny", "depth_quickstart", 65)])
 def test_quickstart_command(tmp_path, recipe, run_dir, tokens):
-    """The README's first command (minus the install) and its cross-view twin: a real CPU training run that
-    saves a checkpoint and pictures, and whose loss falls."""
+    """The README's first command (minus the install), its cross-view twin and the depth fine-tuning example: a
+    real CPU training run that saves a checkpoint and pictures, and whose loss falls."""
     env = {**os.environ, "MIMZOO_CACHE": str(tmp_path / "cache")}
     run = subprocess.run([sys.executable, "-m", "mimzoo.cli", "fit", "-c",
                           str(ROOT / f"recipes/quickstart/{recipe}.yaml"), "--trainer.enable_progress_bar=false"],
@@ -56,11 +62,16 @@ def test_quickstart_command(tmp_path, recipe, run_dir, tokens):
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "runs" / run_dir
     assert (out / "checkpoints" / "last.ckpt").is_file()
-    assert len(list((out / "reconstructions").glob("epoch_*.png"))) >= 2
+    pictures = "predictions" if recipe == "depth_tiny" else "reconstructions"
+    assert len(list((out / pictures).glob("epoch_*.png"))) >= 2
     import csv
 
-    losses = [float(r["train/loss"]) for r in csv.DictReader(open(out / "metrics.csv")) if r.get("train/loss")]
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) > 10 and sum(losses[-5:]) / 5 < 0.75 * sum(losses[:3]) / 3, losses
+    if recipe == "depth_tiny":  # held-out crops: the relative error falls too
+        abs_rel = [float(r["val/abs_rel"]) for r in rows if r.get("val/abs_rel")]
+        assert len(abs_rel) == 3 and abs_rel[-1] < abs_rel[0], abs_rel
     import mimzoo
 
     vit = mimzoo.load(out / "checkpoints" / "last.ckpt")

@@ -499,7 +499,9 @@ class DenseDataModule(BaseDataModule):
             raise ValueError(f"{dataset} supports the tasks {list(DATASET_TASKS[dataset])}, got {task!r}")
         if root is None and dataset != "stereo_sample":
             raise ValueError(f"{dataset} needs root: the folder holding your local copy")
-        self.save_hyperparameters()
+        # `task` stays out: LightningCLI records the given (possibly empty) value, which would clash with the
+        # method's resolved `task` when Lightning merges both into the logged hparams
+        self.save_hyperparameters(ignore=["task"])
         self.batch_size, self.task = batch_size, task
         self.num_classes = ADE20K_NUM_CLASSES if dataset == "ade20k" else None
 

@@ -34,7 +34,7 @@ def pretrainer_from_converted(config: dict, state_dict: dict, **overrides):
         if not module_name.startswith("mimzoo."):  # a checkpoint never chooses arbitrary code to import
             raise ValueError(f"refusing to build {config['class_path']!r}: only mimzoo methods can be rebuilt")
         cls = getattr(importlib.import_module(module_name), cls_name)
-        hp = dict(config.get("hyper_parameters", {}))
+        hp = {k: v for k, v in config.get("hyper_parameters", {}).items() if not k.startswith("_")}
         # rebuild from the saved backbone config: no second download of `pretrained` weights, exact architecture
         hp.update(backbone=config["backbone"], backbone_kwargs=None)
         if "pretrained" in hp:

@@ -123,9 +123,10 @@ class Method(L.LightningModule):
     # -- checkpoints ------------------------------------------------------------------------------------------
     def mimzoo_config(self) -> dict:
         """Enough for mimzoo.load to rebuild the backbone (and the method) without the training config."""
+        # LightningCLI adds `_class_path` to the hyperparameters: not a constructor argument
         return {"backbone": dict(self.backbone._hub_mixin_config),
                 "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
-                "hyper_parameters": dict(self.hparams)}
+                "hyper_parameters": {k: v for k, v in self.hparams.items() if not k.startswith("_")}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mimzoo"] = self.mimzoo_config()

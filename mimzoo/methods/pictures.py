@@ -42,7 +42,7 @@ def save_epoch_picture(module, grid: torch.Tensor, folder: str) -> Path | None:
     if trainer is None or trainer.sanity_checking or trainer.global_rank != 0:
         return None
     every = max(1, int(module.hparams.get("picture_every_n_epochs", 1)))
-    if trainer.current_epoch % every:
+    if (trainer.current_epoch + 1) % every:  # epochs 9, 19, ... for 10: where check_val_every_n_epoch=10 lands
         return None
     path = Path(trainer.log_dir or trainer.default_root_dir) / folder / f"epoch_{trainer.current_epoch:04d}.png"
     with atomic_path(path) as tmp:

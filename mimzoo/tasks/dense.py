@@ -31,6 +31,15 @@ def silog_loss(pred: torch.Tensor, target: torch.Tensor, variance_focus: float =
     return 10 * (g.pow(2).mean() - variance_focus * g.mean().pow(2)).clamp(min=1e-12).sqrt()
 
 
+def berhu_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Reverse Huber (Laina et al. 2016), MultiMAE's NYUv2 loss: |e| below c = 0.2 max|e| (over the batch's valid
+    pixels), (e^2 + c^2) / 2c above; mean over the valid pixels."""
+    valid = target > 0
+    e = (pred[valid] - target[valid]).abs()
+    c = (0.2 * e.max().detach()).clamp(min=1e-5)
+    return torch.where(e < c, e, (e ** 2 + c ** 2) / (2 * c)).mean()
+
+
 def normal_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
     """Over the valid pixels (target with non-zero norm) of unit-normalised predictions: mean absolute difference of
     the vectors ("l1", MultiMAE's Taskonomy loss) or mean angle in radians ("angular")."""
@@ -68,7 +77,8 @@ def dense_backbone(backbone: str | dict, image_size: int, drop_path_rate: float,
 
 
 class DenseFinetune(Method):
-    """`task`: "depth" (metres; predicted as exp of the head's output, scale-invariant log loss), "segmentation"
+    """`task`: "depth" (metres; predicted as exp of the head's output; `depth_loss` "silog" = scale-invariant log
+    or "berhu" = MultiMAE's), "segmentation"
     (cross-entropy, 255 ignored) or "normals" (unit vectors; L1 or angular loss).
     `head`: "dpt" on the blocks `hooks` (default: four equally spaced, ending at the last; raw block outputs as in
     MultiMAE, `norm_last_hook` puts the last one through the final norm as CroCo does) or "linear" on the last
@@ -94,6 +104,7 @@ class DenseFinetune(Method):
         image_size: int = 256,
         drop_path_rate: float = 0.1,
         layer_decay: float = 0.75,
+        depth_loss: str = "silog",
         normal_loss: str = "l1",
         variance_focus: float = 0.85,
         max_depth: float = 10.0,
@@ -113,6 +124,8 @@ class DenseFinetune(Method):
             raise ValueError(f"head must be 'dpt' or 'linear', got {head!r}")
         if task == "segmentation" and not num_classes:
             raise ValueError("segmentation needs num_classes (150 for ADE20K)")
+        if depth_loss not in ("silog", "berhu"):
+            raise ValueError(f"depth_loss must be 'silog' or 'berhu', got {depth_loss!r}")
         if normal_loss not in ("l1", "angular"):
             raise ValueError(f"normal_loss must be 'l1' or 'angular', got {normal_loss!r}")
         self.save_hyperparameters()
@@ -199,6 +212,8 @@ class DenseFinetune(Method):
     # -- steps ------------------------------------------------------------------------------------------------
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         task = self.hparams.task
+        if task == "depth" and self.hparams.depth_loss == "berhu":
+            return berhu_loss(pred, target)
         if task == "depth":
             return silog_loss(pred, target, self.hparams.variance_focus)
         if task == "normals":
@@ -209,6 +224,8 @@ class DenseFinetune(Method):
         return self.loss(self(batch["image"]), batch[self.target_key])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if batch["image"].shape[0] == 0:  # every image of the batch was corrupt (already reported)
+            return
         pred, target = self(batch["image"]), batch[self.target_key]
         self.log("val/loss", self.loss(pred, target), batch_size=len(pred), sync_dist=True)
         if self.hparams.task == "depth":

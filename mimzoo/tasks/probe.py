@@ -1,11 +1,14 @@
-"""`mimzoo probe knn`: k-NN accuracy of a backbone's frozen features on a labelled dataset."""
+"""`mimzoo probe knn|linear|fewshot`: accuracy of a backbone's frozen features on a labelled dataset (scikit-learn's
+digits or an ImageNet-style folder); the features are extracted once and can be cached."""
 from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader
 
 from .features import extract
+from .fewshot import LAMBDA, fewshot_probe
 from .knn import knn_predict
+from .linear import linear_probe_features
 
 
 def digits_loaders(size: int, batch_size: int = 128) -> tuple[DataLoader, DataLoader]:
@@ -36,9 +39,10 @@ def folder_loaders(root: str, size: int, batch_size: int, workers: int) -> tuple
     return plain(*train[:2]), plain(*val[:2])
 
 
-def knn_probe(model: str, data: str, ks=(20, 200), temperature: float = 0.07, pooling: str = "default",
-              batch_size: int = 128, workers: int = 4, cache_dir: str | None = None, progress: bool = True) -> dict:
-    """Top-1 accuracy (%) of weighted k-NN for each k. data: "digits" or an ImageNet-style folder (train/, val/)."""
+def frozen_features(model: str, data: str, pooling: str = "default", batch_size: int = 128, workers: int = 4,
+                    cache_dir: str | None = None, progress: bool = True) -> tuple[torch.Tensor, ...]:
+    """(train features, train labels, test features, test labels) of a zoo name / checkpoint on "digits" or an
+    ImageNet-style folder; with `cache_dir`, read from / written to train.safetensors and test.safetensors there."""
     from ..loading import load
 
     vit = load(model, num_classes=0) if not str(model).endswith(".ckpt") else load(model)
@@ -47,8 +51,43 @@ def knn_probe(model: str, data: str, ks=(20, 200), temperature: float = 0.07, po
     tag = lambda split: f"{cache_dir}/{split}.safetensors" if cache_dir else None  # noqa: E731
     xtr, ytr = extract(vit, train, pooling, cache=tag("train"), progress=progress)
     xte, yte = extract(vit, test, pooling, cache=tag("test"), progress=progress)
+    return xtr, ytr, xte, yte
+
+
+def knn_probe(model: str, data: str, ks=(20, 200), temperature: float = 0.07, pooling: str = "default",
+              batch_size: int = 128, workers: int = 4, cache_dir: str | None = None, progress: bool = True) -> dict:
+    """Top-1 accuracy (%) of weighted k-NN for each k. data: "digits" or an ImageNet-style folder (train/, val/)."""
+    xtr, ytr, xte, yte = frozen_features(model, data, pooling, batch_size, workers, cache_dir, progress)
     result = {}
     for k in ks:
         pred = knn_predict(xtr, ytr, xte, k=k, temperature=temperature)
         result[f"knn{k}_top1"] = round((pred == yte).float().mean().item() * 100, 2)
+    return result
+
+
+def linear_probe(model: str, data: str, *, epochs: int = 90, lr: float = 6.4, probe_batch_size: int = 256,
+                 warmup_epochs: float = 10, seed: int = 0, pooling: str = "default", batch_size: int = 128,
+                 workers: int = 4, cache_dir: str | None = None, progress: bool = True) -> dict:
+    """Top-1/top-5 (%) of MAE's BN + linear head trained with LARS on the cached features (no augmentation: a
+    fast estimate; `mimzoo fit` with recipes/downstream/linear_probe_vit_base.yaml runs the full protocol)."""
+    xtr, ytr, xte, yte = frozen_features(model, data, pooling, batch_size, workers, cache_dir, progress)
+    out = linear_probe_features(xtr, ytr, xte, yte, epochs=epochs, lr=lr, batch_size=probe_batch_size,
+                                warmup_epochs=warmup_epochs, seed=seed)
+    return {"linear_top1": out["top1"], "linear_top5": out["top5"], "lr": out["lr"], "epochs": out["epochs"],
+            "probe_batch_size": out["batch_size"]}
+
+
+def lowshot_probe(model: str, data: str, *, shots=(1, 2, 5), seeds=(0, 1, 2), lambd: float = LAMBDA,
+                  preprocess_test: bool = False, pooling: str = "default", batch_size: int = 128, workers: int = 4,
+                  cache_dir: str | None = None, progress: bool = True) -> dict:
+    """Mean and standard deviation over seeds of the extreme low-shot logistic-regression top-1 (%) for each
+    number of shots (MSN / MIM-Refiner protocol, see `fewshot.py`)."""
+    xtr, ytr, xte, yte = frozen_features(model, data, pooling, batch_size, workers, cache_dir, progress)
+    per_shot = fewshot_probe(xtr, ytr, xte, yte, shots=shots, seeds=seeds, lambd=lambd,
+                             preprocess_test=preprocess_test)
+    result = {"seeds": list(seeds)}
+    for k, r in per_shot.items():
+        result[f"{k}shot_top1_mean"] = r["mean"]
+        result[f"{k}shot_top1_std"] = r["std"]
+        result[f"{k}shot_top1_runs"] = r["runs"]
     return result
