@@ -419,7 +419,8 @@ def stereo_depth() -> tuple[np.ndarray, np.ndarray]:
 def stereo_boxes(split: str, size: int | tuple[int, int] = 256, seed: int = 0, num_crops: int = 32,
                  frame: tuple[int, int] = (500, 741)) -> list[Box]:
     """Crop boxes with the aspect ratio of `size`. The right-most quarter of the frame is held out: "val" tiles it
-    top to bottom, "train" draws `num_crops` random boxes (35 - 90 % of the frame height, seeded) left of it."""
+    top to bottom in half-overlapping tiles, "train" draws `num_crops` random boxes (30 - 60 % of the frame height,
+    seeded) left of it."""
     (out_h, out_w), (height, width) = size_hw(size), frame
     aspect, split_x = out_w / out_h, width - width // 4
     if split == "train":
@@ -427,7 +428,7 @@ def stereo_boxes(split: str, size: int | tuple[int, int] = 256, seed: int = 0, n
         max_h = min(height, split_x / aspect)
         boxes = []
         for _ in range(num_crops):
-            h = rng.uniform(0.35, 0.9) * max_h
+            h = rng.uniform(0.3, 0.6) * max_h  # around the held-out tiles' scale (0.37 of the height)
             w = h * aspect
             left, top = rng.uniform(0, split_x - w), rng.uniform(0, height - h)
             boxes.append((left, top, left + w, top + h))
@@ -435,7 +436,8 @@ def stereo_boxes(split: str, size: int | tuple[int, int] = 256, seed: int = 0, n
     w = min(width - split_x, height * aspect)
     h = w / aspect
     left = split_x + (width - split_x - w) / 2
-    tops = np.linspace(0, height - h, max(1, math.ceil(height / h - 1e-9)))
+    # overlapping tiles (half a box apart): more held-out views of the same unseen region
+    tops = np.linspace(0, height - h, max(1, math.ceil(2 * height / h - 1 - 1e-9)))
     return [(left, float(top), left + w, float(top) + h) for top in tops]
 
 
