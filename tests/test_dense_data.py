@@ -321,7 +321,7 @@ def test_stereo_depth_uses_the_downscaled_calibration():
 
 def test_stereo_sample_is_plausible_and_split_by_region():
     train, val = StereoSampleDataset("train", 48, seed=0, num_crops=12), StereoSampleDataset("val", 48)
-    assert len(train) == 12 and len(val) == 3
+    assert len(train) == 12 and len(val) == 5
     depths = torch.stack([train[i]["depth"] for i in range(len(train))] + [val[i]["depth"] for i in range(3)])
     valid = depths > 0
     assert valid.float().mean() > 0.5
