@@ -115,7 +115,8 @@ def cmd_curate(args) -> int:
 def cmd_probe(args) -> int:
     from .tasks import probe
 
-    common = {"pooling": args.pooling, "batch_size": args.batch_size, "workers": args.workers,
+    pooling = args.pooling or ("cls_prenorm" if args.kind == "fewshot" else "default")
+    common = {"pooling": pooling, "batch_size": args.batch_size, "workers": args.workers,
               "cache_dir": args.cache, "progress": not args.quiet}
     if args.kind == "knn":
         result = probe.knn_probe(args.model, args.data, ks=args.k, temperature=args.temperature, **common)
@@ -182,7 +183,9 @@ def zoo_parser() -> argparse.ArgumentParser:
                          "full protocol); fewshot: MSN / MIM-Refiner extreme low-shot logistic regression")
     pr.add_argument("--model", required=True, help="zoo name, checkpoint file or folder")
     pr.add_argument("--data", required=True, help="'digits' (built in) or an ImageNet-style folder (train/, val/)")
-    pr.add_argument("--pooling", choices=("default", "cls", "avg"), default="default")
+    pr.add_argument("--pooling", choices=("default", "cls", "cls_prenorm", "avg"), default=None,
+                    help="feature: default = the checkpoint's own (knn, linear); fewshot uses cls_prenorm (the last "
+                         "block's cls token before the final norm, as MSN / SiameseIM / MIM-Refiner)")
     pr.add_argument("--batch-size", type=int, default=128, help="feature extraction batch size")
     pr.add_argument("--workers", type=int, default=4)
     pr.add_argument("--cache", default=None, help="folder to cache the features (safetensors)")

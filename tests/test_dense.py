@@ -204,3 +204,24 @@ def test_validation_writes_prediction_pictures(tmp_path):
     assert picture.shape == (4 * 66 + 2, 3 * 66 + 2, 3)
     target_tile = picture[2:66, 68:132]
     assert target_tile[:8].max() == 0 and target_tile[8:].mean() > 10
+
+
+@pytest.mark.parametrize("family", ["mae_pretrain/checkpoint_released_encoder.pth", "croco_v2/checkpoint.pth",
+                                    "croco/checkpoint.pth", "mim_refiner/d2v2_postnorm/checkpoint.pth",
+                                    "siameseim/checkpoint.pth", "mae_pretrain/mimic_multiview/checkpoint.pth"])
+def test_every_backbone_family_gets_dense_heads_at_a_new_resolution(parity_dir, family):
+    """Cls token or not, sin-cos / learned tables or RoPE, pre- or post-norm blocks: each upstream format becomes a
+    DPT depth model and a linear segmentation model at 128 px, and the backbone computes what mimzoo.load's does."""
+    import mimzoo
+
+    path = parity_dir / family
+    hints = {"num_heads": 3} if family.startswith("siameseim") else {}  # its weights cannot show the head count
+    reference = mimzoo.load(path, img_size=128, **hints)
+    for task, head in [("depth", "dpt"), ("segmentation", "linear")]:
+        model = DenseFinetune(task=task, head=head, num_classes=4, backbone=str(path), backbone_kwargs=hints,
+                              image_size=128, feature_dim=16, drop_path_rate=0.0).eval()
+        images = torch.randn(1, 3, 128, 128)
+        with torch.no_grad():
+            out = model(images)
+            assert torch.allclose(model.backbone.forward_features(images), reference.forward_features(images))
+        assert out.shape == (1, 1 if task == "depth" else 4, 128, 128) and torch.isfinite(out).all()

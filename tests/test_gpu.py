@@ -36,3 +36,21 @@ def test_lightning_bf16_fit_on_gpu(tmp_path):
     trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=4))
     assert trainer.global_step == 4
     assert trainer.optimizers[0].defaults.get("fused")
+
+
+@pytest.mark.parametrize("task", ["depth", "segmentation", "normals"])
+def test_dense_finetune_bf16_on_gpu(task, tmp_path):
+    from mimzoo.tasks import DenseFinetune
+
+    L.seed_everything(0)
+    model = DenseFinetune(task=task, num_classes=5, backbone="vit_small_patch16", backbone_kwargs={"depth": 4},
+                          image_size=224, warmup_epochs=0)
+    key = {"depth": "depth", "segmentation": "mask", "normals": "normal"}[task]
+    target = {"depth": lambda: torch.rand(1, 224, 224) * 5, "segmentation": lambda: torch.randint(0, 5, (224, 224)),
+              "normals": lambda: torch.nn.functional.normalize(torch.randn(3, 224, 224), dim=0)}[task]
+    data = [{"image": torch.randint(0, 255, (3, 224, 224), dtype=torch.uint8), key: target()} for _ in range(8)]
+    trainer = L.Trainer(max_steps=3, accelerator="gpu", devices=1, precision="bf16-mixed", logger=False,
+                        enable_checkpointing=False, limit_val_batches=1, default_root_dir=tmp_path)
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    trainer.fit(model, loader, loader)
+    assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["val/loss"])

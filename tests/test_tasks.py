@@ -136,3 +136,19 @@ def test_knn_probe_command_on_digits(parity_dir, tmp_path, capsys):
     assert result["knn20_top1"] > 50  # random-init-like tiny ViT features still separate digits well above 10 %
     assert (tmp_path / "train.safetensors").is_file()
     assert cli(args) == 0 and json.loads(capsys.readouterr().out) == result  # same numbers from the cache
+
+
+def test_prenorm_cls_pooling_is_the_last_block_before_the_final_norm(parity_dir):
+    import mimzoo
+    from mimzoo.tasks import pooled
+
+    vit = mimzoo.load(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth")
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        x, _ = vit.embed(images)
+        for blk in vit.blocks:
+            x = blk(x)
+        raw = pooled(vit, images, "cls_prenorm")
+        assert torch.allclose(raw, x[:, 0], atol=1e-6)
+        assert torch.allclose(pooled(vit, images, "cls"), vit.norm(x)[:, 0], atol=1e-5)
+        assert not torch.allclose(raw, pooled(vit, images, "cls"), atol=1e-2)

@@ -66,7 +66,30 @@ def classifier_backbone(backbone: ViT, num_classes: int, drop_path_rate: float, 
     return vit
 
 
-class Finetune(Method):
+class Classifier(Method):
+    """What classifiers on a backbone share (fine-tuning, linear probe): uint8 batches turned into train or eval
+    views on the device, top-1 / top-5 validation. Subclasses call `setup_classification` and define forward."""
+
+    def setup_classification(self, num_classes: int, train_views: Augmentation, eval_views: Augmentation) -> None:
+        self.train_views, self.eval_views = train_views, eval_views
+        self.val_top1 = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
+        self.val_top5 = torchmetrics.Accuracy("multiclass", num_classes=num_classes, top_k=min(5, num_classes))
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if batch["image"].dtype == torch.uint8:
+            views = self.train_views if self.training else self.eval_views
+            batch = {**batch, "image": views(batch["image"].float() / 255)}
+        return batch
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch["image"])
+        self.val_top1(logits, batch["label"])
+        self.val_top5(logits, batch["label"])
+        self.log("val/loss", F.cross_entropy(logits, batch["label"]), batch_size=len(logits), sync_dist=True)
+        self.log_dict({"val/top1": self.val_top1, "val/top5": self.val_top5}, prog_bar=True)
+
+
+class Finetune(Classifier):
     """`backbone` is a zoo name, a checkpoint path or an architecture name (random init).
 
     Defaults: MAE's ViT-B recipe (blr 5e-4, layer decay 0.65, drop path 0.1, 100 epochs, warmup 5, batch 1024,
@@ -113,15 +136,12 @@ class Finetune(Method):
         steps.append(K.Normalize(torch.tensor(mean), torch.tensor(std)))
         if reprob > 0:
             steps.append(K.RandomErasing(p=reprob, value=0.0))
-        self.train_views = Augmentation(K.AugmentationSequential(*steps))
-        self.eval_views = Augmentation(torch.nn.Sequential(
-            K.Resize(int(image_size / 0.875), resample="bicubic", side="short"),
-            K.CenterCrop(image_size), K.Normalize(torch.tensor(mean), torch.tensor(std))))
+        self.setup_classification(num_classes, Augmentation(K.AugmentationSequential(*steps)), Augmentation(
+            torch.nn.Sequential(K.Resize(int(image_size / 0.875), resample="bicubic", side="short"),
+                                K.CenterCrop(image_size), K.Normalize(torch.tensor(mean), torch.tensor(std)))))
         self.mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing,
                            num_classes=num_classes) if mixup > 0 or cutmix > 0 else None
         self.train_loss = SoftTargetCrossEntropy()
-        self.val_top1 = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
-        self.val_top5 = torchmetrics.Accuracy("multiclass", num_classes=num_classes, top_k=min(5, num_classes))
 
     def optimizer_groups(self) -> list[dict]:
         groups = layer_decay_groups(self.backbone, self.hparams.weight_decay, self.hparams.layer_decay)
@@ -132,13 +152,6 @@ class Finetune(Method):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        if batch["image"].dtype == torch.uint8:
-            images = batch["image"].float() / 255
-            views = self.train_views if self.training else self.eval_views
-            batch = {**batch, "image": views(images)}
-        return batch
-
     def training_loss(self, batch: dict):
         images, labels = batch["image"], batch["label"]
         if self.mixup is not None and images.shape[0] % 2 == 0:
@@ -146,10 +159,3 @@ class Finetune(Method):
         else:
             targets = F.one_hot(labels, self.hparams.num_classes).float()
         return self.train_loss(self(images), targets)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch["image"])
-        self.val_top1(logits, batch["label"])
-        self.val_top5(logits, batch["label"])
-        self.log("val/loss", F.cross_entropy(logits, batch["label"]), batch_size=len(logits), sync_dist=True)
-        self.log_dict({"val/top1": self.val_top1, "val/top5": self.val_top5}, prog_bar=True)

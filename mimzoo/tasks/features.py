@@ -12,10 +12,18 @@ from ..checkpoint import write_safetensors
 
 
 def pooled(vit, images: torch.Tensor, pooling: str) -> torch.Tensor:
-    """'cls': the cls token after the final norm (MAE/MIM-Refiner probes), 'avg': mean of the patch tokens,
-    'default': what the model's own forward returns."""
+    """'cls': the cls token after the final norm (MAE's linear probe, DINO's k-NN), 'cls_prenorm': the last block's
+    cls token before the final norm (the few-shot feature of MSN, SiameseIM and MIM-Refiner), 'avg': mean of the
+    final-normed patch tokens (CroCo, which has no cls token), 'default': what the model's own forward returns
+    (its converter sets the pooling of the checkpoint's paper)."""
     if pooling == "default":
         return vit(images)
+    if pooling == "cls_prenorm":
+        if not vit.num_prefix_tokens:
+            raise ValueError("this backbone has no cls token: use pooling='avg'")
+        (_, prefix), = vit.forward_intermediates(images, indices=[len(vit.blocks) - 1], intermediates_only=True,
+                                                 output_fmt="NLC", return_prefix_tokens=True)
+        return prefix[:, 0]
     tokens = vit.forward_features(images)
     if pooling == "cls":
         if not vit.num_prefix_tokens:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
-import torchmetrics
 from timm.optim import Lars
 from torch import nn
 
-from ..methods.base import Augmentation, Method, build_backbone, warmup_cosine
+from ..methods.base import Augmentation, build_backbone, warmup_cosine
+from ..methods.finetune import Classifier
 from ..models import ViT
 from .features import pooled
 
@@ -117,7 +117,7 @@ def probe_views(image_size: int, mean, std) -> tuple[Augmentation, Augmentation]
     return Augmentation(train), Augmentation(evaluation)
 
 
-class LinearProbe(Method):
+class LinearProbe(Classifier):
     """A linear classifier on a frozen backbone, MAE's linear-probe protocol (defaults = its ViT-B numbers).
 
     `pretrained`: the backbone's weights (zoo name, checkpoint file or folder, loaded with `mimzoo.load` and
@@ -165,10 +165,8 @@ class LinearProbe(Method):
             raise ValueError("this backbone has no cls token: use pooling='avg'")
         self.backbone: ViT = encoder.requires_grad_(False).eval()
         self.head = ProbeHead(encoder.embed_dim, num_classes)
-        self.train_views, self.eval_views = probe_views(image_size, encoder.data_config["mean"],
-                                                        encoder.data_config["std"])
-        self.val_top1 = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
-        self.val_top5 = torchmetrics.Accuracy("multiclass", num_classes=num_classes, top_k=min(5, num_classes))
+        self.setup_classification(num_classes, *probe_views(image_size, encoder.data_config["mean"],
+                                                            encoder.data_config["std"]))
 
     def train(self, mode: bool = True) -> LinearProbe:
         super().train(mode)
@@ -187,21 +185,9 @@ class LinearProbe(Method):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        if batch["image"].dtype == torch.uint8:
-            views = self.train_views if self.training else self.eval_views
-            batch = {**batch, "image": views(batch["image"].float() / 255)}
-        return batch
-
     def training_loss(self, batch: dict) -> torch.Tensor:
         return F.cross_entropy(self(batch["image"]), batch["label"])
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch["image"])
-        self.val_top1(logits, batch["label"])
-        self.val_top5(logits, batch["label"])
-        self.log("val/loss", F.cross_entropy(logits, batch["label"]), batch_size=len(logits), sync_dist=True)
-        self.log_dict({"val/top1": self.val_top1, "val/top5": self.val_top5}, prog_bar=True)
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
