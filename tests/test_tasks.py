@@ -152,3 +152,29 @@ def test_prenorm_cls_pooling_is_the_last_block_before_the_final_norm(parity_dir)
         assert torch.allclose(raw, x[:, 0], atol=1e-6)
         assert torch.allclose(pooled(vit, images, "cls"), vit.norm(x)[:, 0], atol=1e-5)
         assert not torch.allclose(raw, pooled(vit, images, "cls"), atol=1e-2)
+
+
+def test_knn_probe_on_an_imagenet_style_folder(parity_dir, tmp_path, capsys):
+    """`--data DIR` reads root/train/<class>/* and root/val/<class>/*; a wrong layout says what it expected."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from mimzoo.cli import main as cli
+
+    rng = np.random.default_rng(0)
+    for split, n in [("train", 6), ("val", 3)]:
+        for label, channel in [("n01_red", 0), ("n02_blue", 2)]:
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 80, (40, 48, 3), dtype=np.uint8)
+                pixels[..., channel] += 170
+                Image.fromarray(pixels).save(tmp_path / "data" / split / label / f"{i}.png")
+    model = str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth")
+    assert cli(["probe", "knn", "--model", model, "--data", str(tmp_path / "data"), "--k", "3", "--quiet",
+                "--workers", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["knn3_top1"] == 100.0
+    assert cli(["probe", "knn", "--model", model, "--data", str(tmp_path / "data" / "train"), "--quiet",
+                "--workers", "0"]) == 2
+    assert "one sub-folder per class" in capsys.readouterr().err
