@@ -225,3 +225,12 @@ def test_every_backbone_family_gets_dense_heads_at_a_new_resolution(parity_dir, 
             out = model(images)
             assert torch.allclose(model.backbone.forward_features(images), reference.forward_features(images))
         assert out.shape == (1, 1 if task == "depth" else 4, 128, 128) and torch.isfinite(out).all()
+
+
+def test_backbone_kwargs_must_agree_with_loaded_weights(parity_dir):
+    source = str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth")
+    model = DenseFinetune(task="depth", backbone=source, backbone_kwargs={"depth": 2, "embed_dim": 192},
+                          image_size=64, feature_dim=16)
+    assert len(model.backbone.blocks) == 2
+    with pytest.raises(ValueError, match="depth.*disagree with the architecture"):
+        DenseFinetune(task="depth", backbone=source, backbone_kwargs={"depth": 4}, image_size=64)

@@ -71,9 +71,18 @@ def dense_backbone(backbone: str | dict, image_size: int, drop_path_rate: float,
     if isinstance(backbone, dict) or is_arch_name(backbone):
         kwargs.setdefault("img_size", image_size)
         return build_backbone(backbone, {**kwargs, "drop_path_rate": drop_path_rate})
-    from ..loading import load
+    from ..loading import AFTER, CONSTRUCTOR, HINTS, load
 
-    return load(backbone, img_size=image_size, drop_path_rate=drop_path_rate, num_classes=0, **kwargs)
+    passed = {k: v for k, v in kwargs.items() if k in HINTS | CONSTRUCTOR | AFTER}
+    vit = load(backbone, **{"img_size": image_size, "drop_path_rate": drop_path_rate, "num_classes": 0, **passed})
+    # architecture kwargs (a recipe written for a random-init model) must agree with the weights
+    config = vit._hub_mixin_config
+    clash = {k: f"{v} (the weights have {config.get(k)})" for k, v in kwargs.items()
+             if k not in passed and config.get(k) != v}
+    if clash:
+        raise ValueError(f"backbone_kwargs {clash} disagree with the architecture of {backbone}: drop them "
+                         f"(the weights decide the architecture)")
+    return vit
 
 
 class DenseFinetune(Method):
