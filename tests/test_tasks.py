@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mimzoo.tasks import DepthMetrics, SurfaceNormalMetrics, knn_predict
+from mimzoo.tasks import DepthMetrics, SurfaceNormalMetrics, knn_predict, segmentation_metrics
 
 
 @pytest.mark.parametrize("k", [1, 20, 200])
@@ -100,9 +100,26 @@ def _ddp_worker(rank, port, results):
     depth.update(torch.tensor(p), torch.tensor(t))
     pn, tn = random_normals(rank)
     normals.update(torch.tensor(pn), torch.tensor(tn))
+    seg = segmentation_metrics(5)
+    seg.update(*random_labels(rank))
     results[rank] = ({k: v.item() for k, v in depth.compute().items()},
-                     {k: v.item() for k, v in normals.compute().items()})
+                     {k: v.item() for k, v in normals.compute().items()},
+                     {k: v.item() for k, v in seg.compute().items()})
     dist.destroy_process_group()
+
+
+def random_labels(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    pred, target = torch.randint(0, 4 + seed, (2, 12, 12), generator=g), torch.randint(0, 5, (2, 12, 12), generator=g)
+    target[:, :3] = 255
+    return pred, target
+
+
+def numpy_segmentation(pred: np.ndarray, target: np.ndarray, num_classes: int) -> dict:
+    keep = target != 255
+    cm = np.bincount(target[keep] * num_classes + pred[keep], minlength=num_classes ** 2).reshape(num_classes, -1)
+    inter, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
+    return {"miou": (inter[union > 0] / union[union > 0]).mean(), "pixel_acc": inter.sum() / keep.sum()}
 
 
 def test_metrics_reduce_across_two_processes():
@@ -115,8 +132,12 @@ def test_metrics_reduce_across_two_processes():
     mp.spawn(_ddp_worker, args=(port, results), nprocs=2, join=True)
     depth_ref = numpy_depth(*map(np.concatenate, zip(random_depth(0), random_depth(1))))
     normal_ref = numpy_normals(*map(np.concatenate, zip(random_normals(0), random_normals(1))))
+    seg_ref = numpy_segmentation(*[np.concatenate([random_labels(r)[i].numpy().ravel() for r in range(2)])
+                                   for i in range(2)], 5)
     for rank in range(2):
-        depth, normals = results[rank]
+        depth, normals, seg = results[rank]
+        for key, value in seg_ref.items():
+            assert seg[key] == pytest.approx(value, abs=1e-6), key
         for key, value in depth_ref.items():
             assert depth[key] == pytest.approx(value, rel=1e-5), key
         for key, value in normal_ref.items():
