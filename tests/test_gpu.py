@@ -54,3 +54,24 @@ def test_dense_finetune_bf16_on_gpu(task, tmp_path):
     loader = torch.utils.data.DataLoader(data, batch_size=4)
     trainer.fit(model, loader, loader)
     assert trainer.global_step == 3 and torch.isfinite(trainer.callback_metrics["val/loss"])
+
+
+@pytest.mark.parametrize("task", ["depth", "segmentation", "normals"])
+def test_dense_training_loss_has_no_host_sync(task):
+    from mimzoo.tasks import DenseFinetune
+
+    model = DenseFinetune(task=task, num_classes=5, backbone="vit_small_patch16", backbone_kwargs={"depth": 2},
+                          image_size=224, depth_loss="berhu" if task == "depth" else "silog").cuda().train()
+    key = {"depth": "depth", "segmentation": "mask", "normals": "normal"}[task]
+    target = {"depth": torch.rand(2, 1, 224, 224), "segmentation": torch.randint(0, 5, (2, 224, 224)),
+              "normals": torch.nn.functional.normalize(torch.randn(2, 3, 224, 224), dim=1)}[task]
+    batch = {"image": torch.randn(2, 3, 224, 224, device="cuda"), key: target.cuda()}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model.training_loss(batch)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss)

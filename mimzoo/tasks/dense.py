@@ -23,21 +23,26 @@ TASKS = {"depth": ("depth", 1), "segmentation": ("mask", None), "normals": ("nor
 IGNORE_INDEX = 255
 
 
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the valid pixels, without boolean indexing (which would wait for the device)."""
+    return torch.where(valid, x, 0).sum() / valid.sum().clamp(min=1)
+
+
 def silog_loss(pred: torch.Tensor, target: torch.Tensor, variance_focus: float = 0.85) -> torch.Tensor:
     """Scale-invariant log loss (Eigen et al. 2014 in the form of BTS/AdaBins): 10 * sqrt(mean(g^2) -
     variance_focus * mean(g)^2), g = log(pred) - log(target) over the valid pixels (target > 0) of the batch."""
     valid = target > 0
-    g = torch.log(pred[valid].clamp(min=1e-6)) - torch.log(target[valid])
-    return 10 * (g.pow(2).mean() - variance_focus * g.mean().pow(2)).clamp(min=1e-12).sqrt()
+    g = torch.log(pred.clamp(min=1e-6)) - torch.log(torch.where(valid, target, 1))
+    return 10 * (masked_mean(g ** 2, valid) - variance_focus * masked_mean(g, valid) ** 2).clamp(min=1e-12).sqrt()
 
 
 def berhu_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Reverse Huber (Laina et al. 2016), MultiMAE's NYUv2 loss: |e| below c = 0.2 max|e| (over the batch's valid
     pixels), (e^2 + c^2) / 2c above; mean over the valid pixels."""
     valid = target > 0
-    e = (pred[valid] - target[valid]).abs()
+    e = torch.where(valid, pred - target, 0).abs()
     c = (0.2 * e.max().detach()).clamp(min=1e-5)
-    return torch.where(e < c, e, (e ** 2 + c ** 2) / (2 * c)).mean()
+    return masked_mean(torch.where(e < c, e, (e ** 2 + c ** 2) / (2 * c)), valid)
 
 
 def normal_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
@@ -46,9 +51,9 @@ def normal_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> t
     valid = target.norm(dim=1) > 0
     pred = F.normalize(pred, dim=1)
     if kind == "l1":
-        return (pred - target).abs().sum(1)[valid].mean() / 3
-    cos = (pred * target).sum(1)[valid].clamp(-1 + 1e-6, 1 - 1e-6)  # acos has an infinite slope at +-1
-    return torch.acos(cos).mean()
+        return masked_mean((pred - target).abs().sum(1), valid) / 3
+    cos = (pred * target).sum(1).clamp(-1 + 1e-6, 1 - 1e-6)  # acos has an infinite slope at +-1
+    return masked_mean(torch.acos(cos), valid)
 
 
 def segmentation_metrics(num_classes: int) -> MetricCollection:
