@@ -120,10 +120,14 @@ def cmd_probe(args) -> int:
               "cache_dir": args.cache, "progress": not args.quiet}
     if args.kind == "knn":
         result = probe.knn_probe(args.model, args.data, ks=args.k, temperature=args.temperature, **common)
+    elif args.kind == "linear" and args.grid:
+        result = probe.linear_grid_probe(args.model, args.data, epochs=args.epochs or 50, seed=args.seed,
+                                         probe_batch_size=args.probe_batch_size or 1024,
+                                         **{k: v for k, v in common.items() if k != "pooling"})  # the grid's own
     elif args.kind == "linear":
-        lr = args.blr * args.probe_batch_size / 256 if args.blr is not None else args.lr
-        result = probe.linear_probe(args.model, args.data, epochs=args.epochs, lr=lr,
-                                    probe_batch_size=args.probe_batch_size, warmup_epochs=args.warmup_epochs,
+        batch = args.probe_batch_size or 256
+        lr = args.blr * batch / 256 if args.blr is not None else args.lr
+        result = probe.linear_probe(args.model, args.data, epochs=args.epochs or 90, lr=lr, probe_batch_size=batch, warmup_epochs=args.warmup_epochs,
                                     seed=args.seed, **common)
     else:
         result = probe.lowshot_probe(args.model, args.data, shots=args.shots, seeds=args.seeds, lambd=args.lambd,
@@ -183,7 +187,7 @@ def zoo_parser() -> argparse.ArgumentParser:
                          "full protocol); fewshot: MSN / MIM-Refiner extreme low-shot logistic regression")
     pr.add_argument("--model", required=True, help="zoo name, checkpoint file or folder")
     pr.add_argument("--data", required=True, help="'digits' (built in) or an ImageNet-style folder (train/, val/)")
-    pr.add_argument("--pooling", choices=("default", "cls", "cls_prenorm", "avg"), default=None,
+    pr.add_argument("--pooling", choices=("default", "cls", "cls_prenorm", "cls_avg", "avg"), default=None,
                     help="feature: default = the checkpoint's own (knn, linear); fewshot uses cls_prenorm (the last "
                          "block's cls token before the final norm, as MSN / SiameseIM / MIM-Refiner)")
     pr.add_argument("--batch-size", type=int, default=128, help="feature extraction batch size")
@@ -194,10 +198,14 @@ def zoo_parser() -> argparse.ArgumentParser:
     knn.add_argument("--k", type=int, nargs="+", default=[20, 200])
     knn.add_argument("--temperature", type=float, default=0.07)
     lin = pr.add_argument_group("linear")
-    lin.add_argument("--epochs", type=int, default=90)
+    lin.add_argument("--grid", action="store_true",
+                     help="MIM-Refiner's grid instead: SGD, 13 lrs x {cls, [cls, avg]}, 50 epochs, batch 1024; "
+                          "reports the best")
+    lin.add_argument("--epochs", type=int, default=None, help="default 90 (LARS), 50 (--grid)")
     lin.add_argument("--lr", type=float, default=6.4, help="LARS lr (MAE: 0.1 x 16384 / 256)")
     lin.add_argument("--blr", type=float, default=None, help="instead of --lr: lr = blr x probe batch / 256")
-    lin.add_argument("--probe-batch-size", type=int, default=256, help="batch of cached features per step")
+    lin.add_argument("--probe-batch-size", type=int, default=None,
+                     help="batch of cached features per step (default 256; 1024 with --grid)")
     lin.add_argument("--warmup-epochs", type=float, default=10)
     lin.add_argument("--seed", type=int, default=0)
     few = pr.add_argument_group("fewshot")

@@ -155,7 +155,7 @@ def test_knn_probe_command_on_digits(parity_dir, tmp_path, capsys):
     assert cli(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["knn20_top1"] > 50  # random-init-like tiny ViT features still separate digits well above 10 %
-    assert (tmp_path / "train.safetensors").is_file()
+    assert (tmp_path / "train_default.safetensors").is_file()
     assert cli(args) == 0 and json.loads(capsys.readouterr().out) == result  # same numbers from the cache
 
 

@@ -15,7 +15,7 @@ def pooled(vit, images: torch.Tensor, pooling: str) -> torch.Tensor:
     """'cls': the cls token after the final norm (MAE's linear probe, DINO's k-NN), 'cls_prenorm': the last block's
     cls token before the final norm (the few-shot feature of MSN, SiameseIM and MIM-Refiner), 'avg': mean of the
     final-normed patch tokens (CroCo, which has no cls token), 'default': what the model's own forward returns
-    (its converter sets the pooling of the checkpoint's paper)."""
+    (its converter sets the pooling of the checkpoint's paper), 'cls_avg': [cls, avg] (MIM-Refiner's probe grid)."""
     if pooling == "default":
         return vit(images)
     if pooling == "cls_prenorm":
@@ -25,10 +25,18 @@ def pooled(vit, images: torch.Tensor, pooling: str) -> torch.Tensor:
                                                  output_fmt="NLC", return_prefix_tokens=True)
         return prefix[:, 0]
     tokens = vit.forward_features(images)
+    if pooling == "cls_avg":  # MIM-Refiner's probe feature: [cls, mean of the patch tokens]
+        return torch.cat([pooled_from_tokens(vit, tokens, "cls"), pooled_from_tokens(vit, tokens, "avg")], dim=1)
+    return pooled_from_tokens(vit, tokens, pooling)
+
+
+def pooled_from_tokens(vit, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
     if pooling == "cls":
         if not vit.num_prefix_tokens:
             raise ValueError("this backbone has no cls token: use pooling='avg'")
         return tokens[:, 0]
+    if pooling != "avg":
+        raise ValueError(f"pooling must be default, cls, cls_prenorm, cls_avg or avg; got {pooling!r}")
     return tokens[:, vit.num_prefix_tokens:].mean(1)
 
 

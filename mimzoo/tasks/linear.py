@@ -12,6 +12,8 @@ without augmentation (a fast estimate, used by `mimzoo probe linear`).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
@@ -196,48 +198,94 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(1).float().mean().item() * 100
 
 
-def linear_probe_features(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
-                          test_labels: torch.Tensor, *, epochs: int = 90, lr: float = 6.4, batch_size: int = 256,
-                          warmup_epochs: float = 10, weight_decay: float = 0.0, momentum: float = 0.9,
-                          trust_coefficient: float = 1e-3, min_lr: float = 0.0,
-                          num_classes: int | None = None, seed: int = 0, device: str | None = None) -> dict:
-    """Train `ProbeHead` on cached features with `MAELars` and the per-step `warmup_cosine` schedule, as
-    `LinearProbe` does but without augmentation, then evaluate it (BatchNorm on its running statistics).
-
-    The default lr, 6.4, is the lr MAE's probe trains with (blr 0.1 x 16384 / 256), kept as is for the smaller
-    batches that give a small dataset enough steps: LARS moves a weight matrix by lr * trust_coefficient of its
-    norm per step whatever the batch, and the blr rule at batch 256 (lr 0.1) leaves the head next to its
-    initialisation after 90 epochs of a few steps (digits: 28 % top-1 against 69 % at 6.4). Pass
-    lr = blr * batch_size / 256 for MAE's rule. Like MAE's loader, each epoch is a fresh random permutation with
-    the last incomplete batch dropped (kept when the whole set is smaller than one batch). Returns top-1/top-5
-    (%) and the settings used; deterministic for a given seed (head init and batch order)."""
+def train_heads(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                test_labels: torch.Tensor, lrs: Sequence[float], optimizer: str, *, epochs: int, batch_size: int,
+                warmup_epochs: float, weight_decay: float = 0.0, momentum: float = 0.9, trust_coefficient: float = 1e-3,
+                min_lr: float = 0.0, num_classes: int | None = None, seed: int = 0,
+                device: str | None = None) -> list[dict]:
+    """One `ProbeHead` per lr, trained side by side on the same batches (the same result as separate runs with the
+    same seed, for one feature pass per step), with "lars" (`MAELars`) or "sgd" (momentum) and the per-step
+    `warmup_cosine` schedule; evaluated with BatchNorm on its running statistics. Like MAE's loader, each epoch is
+    a fresh random permutation with the last incomplete batch dropped (kept when the set is smaller than a batch)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     x, y = train_feats.float().to(device), train_labels.long().to(device)
     num_classes = int(num_classes or max(int(y.max()), int(test_labels.max())) + 1)
     batch_size = min(batch_size, len(x))
     steps_per_epoch = len(x) // batch_size
-    with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):
-        torch.manual_seed(seed)
-        head = ProbeHead(x.shape[1], num_classes).to(device)
-    optimizer = MAELars(head.parameters(), lr=lr, weight_decay=weight_decay, momentum=momentum,
-                        trust_coefficient=trust_coefficient)
+    heads = nn.ModuleList()
+    for _ in lrs:
+        with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):
+            torch.manual_seed(seed)
+            heads.append(ProbeHead(x.shape[1], num_classes).to(device))
+    groups = [{"params": list(h.parameters()), "lr": lr} for h, lr in zip(heads, lrs)]
+    if optimizer == "lars":
+        opt = MAELars(groups, lr=lrs[0], weight_decay=weight_decay, momentum=momentum,
+                      trust_coefficient=trust_coefficient)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=lrs[0], momentum=momentum, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'lars' or 'sgd', got {optimizer!r}")
     total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
-    min_ratio = min_lr / lr if lr > 0 else 0.0
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total, min_ratio))
+    # min_lr is absolute: each group's ratio is min_lr / its own lr
+    ratios = [min_lr / g["lr"] if g["lr"] > 0 else 0.0 for g in opt.param_groups]
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, [lambda s, r=r: warmup_cosine(s, warmup, total, r) for r in ratios])
     order = torch.Generator(device="cpu").manual_seed(seed)
-    head.train()
+    heads.train()
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=order).to(device)
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            loss = F.cross_entropy(head(x[idx]), y[idx])
-            optimizer.zero_grad(set_to_none=True)
+            # heads share no parameters: the summed loss gives each its own gradient
+            loss = sum(F.cross_entropy(h(x[idx]), y[idx]) for h in heads)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            opt.step()
             schedule.step()
-    head.eval()
+    heads.eval()
+    labels, results = test_labels.long().cpu(), []
     with torch.no_grad():
-        logits = head(test_feats.float().to(device)).cpu()
-    labels = test_labels.long().cpu()
-    return {"top1": round(topk_accuracy(logits, labels, 1), 2), "top5": round(topk_accuracy(logits, labels, 5), 2),
-            "lr": lr, "epochs": epochs, "batch_size": batch_size}
+        for head, lr in zip(heads, lrs):
+            logits = head(test_feats.float().to(device)).cpu()
+            results.append({"top1": round(topk_accuracy(logits, labels, 1), 2),
+                            "top5": round(topk_accuracy(logits, labels, 5), 2), "lr": lr, "epochs": epochs,
+                            "batch_size": batch_size})
+    return results
+
+
+def linear_probe_features(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                          test_labels: torch.Tensor, *, epochs: int = 90, lr: float = 6.4, batch_size: int = 256,
+                          warmup_epochs: float = 10, weight_decay: float = 0.0, momentum: float = 0.9,
+                          trust_coefficient: float = 1e-3, min_lr: float = 0.0,
+                          num_classes: int | None = None, seed: int = 0, device: str | None = None) -> dict:
+    """MAE's head and optimiser (`ProbeHead`, `MAELars`, warmup + cosine) on cached features, as `LinearProbe`
+    trains it but without augmentation. Returns top-1/top-5 (%) and the settings used; deterministic per seed.
+
+    The default lr, 6.4, is the lr MAE's probe trains with (blr 0.1 x 16384 / 256), kept as is for the smaller
+    batches that give a small dataset enough steps: LARS moves a weight matrix by lr * trust_coefficient of its
+    norm per step whatever the batch, and the blr rule at batch 256 (lr 0.1) leaves the head next to its
+    initialisation after 90 epochs of a few steps (digits: 28 % top-1 against 69 % at 6.4). Pass
+    lr = blr * batch_size / 256 for MAE's rule."""
+    return train_heads(train_feats, train_labels, test_feats, test_labels, [lr], "lars", epochs=epochs,
+                       batch_size=batch_size, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
+                       momentum=momentum, trust_coefficient=trust_coefficient, min_lr=min_lr,
+                       num_classes=num_classes, seed=seed, device=device)[0]
+
+
+# MIM-Refiner's (DINOv2-style) probe grid: SGD momentum 0.9, 50 epochs, batch 1024, 10 % warmup + cosine
+MIM_REFINER_LRS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def linear_probe_grid(features: dict[str, tuple[torch.Tensor, torch.Tensor]], train_labels: torch.Tensor,
+                      test_labels: torch.Tensor, *, lrs: Sequence[float] = MIM_REFINER_LRS, epochs: int = 50,
+                      batch_size: int = 1024, seed: int = 0, device: str | None = None) -> dict:
+    """MIM-Refiner's linear-probe grid: for each named feature (e.g. "cls", "cls_avg": (train, test) tensors) and
+    each lr, BN(no affine) + linear trained with SGD (momentum 0.9, no weight decay), 10 % warmup then cosine; the
+    reported number is the best of the grid. Returns {"best": {...}, "grid": [{feature, lr, top1, top5}, ...]}."""
+    grid = []
+    for name, (train, test) in features.items():
+        for r in train_heads(train, train_labels, test, test_labels, lrs, "sgd", epochs=epochs,
+                             batch_size=batch_size, warmup_epochs=0.1 * epochs, seed=seed, device=device):
+            grid.append({"feature": name, **r})
+    best = max(grid, key=lambda r: r["top1"])
+    return {"best": best, "grid": grid}

@@ -2,13 +2,15 @@
 digits or an ImageNet-style folder); the features are extracted once and can be cached."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch.utils.data import DataLoader
 
 from .features import extract
 from .fewshot import LAMBDA, fewshot_probe
 from .knn import knn_predict
-from .linear import linear_probe_features
+from .linear import linear_probe_features, linear_probe_grid
 
 
 def digits_loaders(size: int, batch_size: int = 128) -> tuple[DataLoader, DataLoader]:
@@ -39,19 +41,33 @@ def folder_loaders(root: str, size: int, batch_size: int, workers: int) -> tuple
     return plain(*train[:2]), plain(*val[:2])
 
 
-def frozen_features(model: str, data: str, pooling: str = "default", batch_size: int = 128, workers: int = 4,
-                    cache_dir: str | None = None, progress: bool = True) -> tuple[torch.Tensor, ...]:
-    """(train features, train labels, test features, test labels) of a zoo name / checkpoint on "digits" or an
-    ImageNet-style folder; with `cache_dir`, read from / written to train.safetensors and test.safetensors there."""
+def load_probed(model) -> torch.nn.Module:
     from ..loading import load
 
-    vit = load(model, num_classes=0) if not str(model).endswith(".ckpt") else load(model)
+    if isinstance(model, torch.nn.Module):
+        return model
+    return load(model, num_classes=0) if not str(model).endswith(".ckpt") else load(model)
+
+
+def feature_sets(model, data: str, poolings: Sequence[str], batch_size: int = 128, workers: int = 4,
+                 cache_dir: str | None = None, progress: bool = True) -> dict[str, tuple[torch.Tensor, ...]]:
+    """For each pooling: (train features, train labels, test features, test labels) of a backbone (or zoo name /
+    checkpoint) on "digits" or an ImageNet-style folder; with `cache_dir`, read from / written to
+    <split>_<pooling>.safetensors."""
+    vit = load_probed(model)
     size = vit.data_config["input_size"][-1]
     train, test = digits_loaders(size, batch_size) if data == "digits" else folder_loaders(data, size, batch_size, workers)
-    tag = lambda split: f"{cache_dir}/{split}.safetensors" if cache_dir else None  # noqa: E731
-    xtr, ytr = extract(vit, train, pooling, cache=tag("train"), progress=progress)
-    xte, yte = extract(vit, test, pooling, cache=tag("test"), progress=progress)
-    return xtr, ytr, xte, yte
+    out = {}
+    for pooling in poolings:
+        tag = lambda split: f"{cache_dir}/{split}_{pooling}.safetensors" if cache_dir else None  # noqa: E731
+        out[pooling] = (*extract(vit, train, pooling, cache=tag("train"), progress=progress),
+                        *extract(vit, test, pooling, cache=tag("test"), progress=progress))
+    return out
+
+
+def frozen_features(model: str, data: str, pooling: str = "default", batch_size: int = 128, workers: int = 4,
+                    cache_dir: str | None = None, progress: bool = True) -> tuple[torch.Tensor, ...]:
+    return feature_sets(model, data, [pooling], batch_size, workers, cache_dir, progress)[pooling]
 
 
 def knn_probe(model: str, data: str, ks=(20, 200), temperature: float = 0.07, pooling: str = "default",
@@ -75,6 +91,21 @@ def linear_probe(model: str, data: str, *, epochs: int = 90, lr: float = 6.4, pr
                                 warmup_epochs=warmup_epochs, seed=seed)
     return {"linear_top1": out["top1"], "linear_top5": out["top5"], "lr": out["lr"], "epochs": out["epochs"],
             "probe_batch_size": out["batch_size"]}
+
+
+def linear_grid_probe(model: str, data: str, *, epochs: int = 50, probe_batch_size: int = 1024, seed: int = 0,
+                      batch_size: int = 128, workers: int = 4, cache_dir: str | None = None,
+                      progress: bool = True) -> dict:
+    """MIM-Refiner's grid (SGD, 13 lrs x {cls, [cls, avg]} features after the final norm; avg alone for backbones
+    without a cls token): the best top-1 (%) and the whole grid."""
+    vit = load_probed(model)
+    sets = feature_sets(vit, data, ["cls", "cls_avg"] if vit.num_prefix_tokens else ["avg"], batch_size, workers,
+                        cache_dir, progress)
+    labels = next(iter(sets.values()))
+    out = linear_probe_grid({k: (v[0], v[2]) for k, v in sets.items()}, labels[1], labels[3], epochs=epochs,
+                            batch_size=probe_batch_size, seed=seed)
+    return {"linear_top1": out["best"]["top1"], "linear_top5": out["best"]["top5"], "best_lr": out["best"]["lr"],
+            "best_feature": out["best"]["feature"], "grid": out["grid"]}
 
 
 def lowshot_probe(model: str, data: str, *, shots=(1, 2, 5), seeds=(0, 1, 2), lambd: float = LAMBDA,
