@@ -128,7 +128,7 @@ def test_tiny_depth_finetune_lowers_the_loss(freeze, tmp_path):
     torch.manual_seed(0)
     images, depth = smooth_scene(32, 64, seed=0)
     loader = torch.utils.data.DataLoader(Batches(images, depth, "depth"), batch_size=8, shuffle=True)
-    model = DenseFinetune(task="depth", freeze_backbone=freeze, lr=5e-4, warmup_epochs=0, color_jitter=0, **TINY)
+    model = DenseFinetune(task="depth", freeze_backbone=freeze, lr=5e-4, warmup_epochs=0, color_jitter=None, **TINY)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     val = model.on_after_batch_transfer({"image": images[:16], "depth": depth[:16]}, 0)
     with torch.no_grad():
@@ -234,3 +234,26 @@ def test_backbone_kwargs_must_agree_with_loaded_weights(parity_dir):
     assert len(model.backbone.blocks) == 2
     with pytest.raises(ValueError, match="depth.*disagree with the architecture"):
         DenseFinetune(task="depth", backbone=source, backbone_kwargs={"depth": 4}, image_size=64)
+
+
+def test_scale_crop_is_an_exact_crop_at_scale_one_and_pads_as_invalid():
+    from mimzoo.tasks.dense import scale_crop
+
+    torch.manual_seed(0)
+    images = torch.randn(16, 3, 8, 12)
+    depth = torch.rand(16, 1, 8, 12) + 1
+    out, out_depth = scale_crop(images, depth, (8, 8), (1.0, 1.0), "depth")
+    offsets = set()
+    for b in range(16):
+        ox = [o for o in range(5) if torch.allclose(out[b], images[b, :, :, o:o + 8], atol=1e-5)]
+        assert len(ox) == 1 and torch.equal(out_depth[b], depth[b, :, :, ox[0]:ox[0] + 8])
+        offsets.add(ox[0])
+    assert len(offsets) >= 3  # the window moves
+    labels = torch.randint(0, 5, (16, 8, 12))
+    small, small_labels = scale_crop(images, labels, (16, 16), (0.5, 0.5), "mask")
+    assert small.shape == (16, 3, 16, 16) and small_labels.shape == (16, 16, 16)
+    # half size: a 4 x 6 image at the top left, the rest is padding (ignored labels, zero image)
+    assert (small_labels[:, 4:] == 255).all() and (small_labels[:, :, 6:] == 255).all()
+    assert (small[:, :, 4:] == 0).all() and set(small_labels[:, :4, :6].unique().tolist()) <= set(range(5))
+    _, big_labels = scale_crop(images, labels, (8, 8), (2.0, 2.0), "mask")
+    assert set(big_labels.unique().tolist()) <= set(range(5))  # nearest: only original labels, no padding

@@ -333,3 +333,24 @@ def test_stereo_sample_is_plausible_and_split_by_region():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert train[0]["image"].shape == (3, 48, 48) and train[0]["image"].dtype == torch.uint8
+
+
+def test_fit_resize_keeps_the_whole_frame_and_pads_as_invalid(tmp_path):
+    """MultiMAE's ADE20K resize: the longest side to `size`, the frame at the top left, the rest grey / ignored."""
+    from PIL import Image
+
+    from mimzoo.data import ade20k_dataset
+
+    root = tmp_path / "ADEChallengeData2016"
+    for sub in ("images/training", "annotations/training"):
+        (root / sub).mkdir(parents=True)
+    image = np.full((40, 80, 3), 200, np.uint8)
+    labels = np.full((40, 80), 3, np.uint8)
+    Image.fromarray(image).save(root / "images/training/ADE_train_00000001.jpg")
+    Image.fromarray(labels).save(root / "annotations/training/ADE_train_00000001.png")
+    item = ade20k_dataset(root, "train", size=32, resize="fit")[0]
+    assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (32, 32)
+    assert (item["mask"][:16] == 2).all() and (item["mask"][16:] == 255).all()
+    assert (item["image"][:, 16:] == 128).all() and abs(int(item["image"][:, :16].float().mean()) - 200) <= 2
+    cover = ade20k_dataset(root, "train", size=32)[0]
+    assert (cover["mask"] == 2).all()  # "cover" crops the centre instead

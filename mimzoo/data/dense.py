@@ -35,6 +35,7 @@ Box = tuple[float, float, float, float]  # left, top, right, bottom in source pi
 IGNORE_INDEX = 255
 ADE20K_NUM_CLASSES = 150
 TARGET_KEYS = {"depth": "depth", "segmentation": "mask", "normals": "normal"}
+RESIZE_MODES = ("cover", "fit")
 DATASET_TASKS = {"nyuv2": ("depth", "normals"), "ade20k": ("segmentation",), "taskonomy": ("normals",),
                  "stereo_sample": ("depth",)}
 
@@ -82,6 +83,16 @@ def center_box(height: int, width: int, size: tuple[int, int]) -> Box:
     box_w, box_h = size[1] / scale, size[0] / scale
     left, top = (width - box_w) / 2, (height - box_h) / 2
     return left, top, left + box_w, top + box_h
+
+
+def fit_shape(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]:
+    """The largest (h, w) with the image's aspect ratio inside `size` (the whole frame, padded to `size`)."""
+    scale = min(size[0] / height, size[1] / width)
+    return min(size[0], round(height * scale)), min(size[1], round(width * scale))
+
+
+PAD_IMAGE = 128  # grey, as MultiMAE pads
+PAD_TARGET = {"depth": 0.0, "segmentation": IGNORE_INDEX, "normals": 0.0}  # invalid / ignored
 
 
 def resize_image(image: Image.Image, size: tuple[int, int], box: Box) -> torch.Tensor:
@@ -194,10 +205,13 @@ class DenseDataset(Dataset):
     `read_target` must be a module-level function so that loader workers can unpickle the dataset."""
 
     def __init__(self, samples: list[DenseSample], task: str, size: int | tuple[int, int],
-                 read_target: Callable[[DenseSample], np.ndarray]):
+                 read_target: Callable[[DenseSample], np.ndarray], resize: str = "cover"):
         if task not in TARGET_KEYS:
             raise ValueError(f"task must be one of {sorted(TARGET_KEYS)}, got {task!r}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         self.samples, self.task, self.size, self.read_target = list(samples), task, size_hw(size), read_target
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -212,10 +226,18 @@ class DenseDataset(Dataset):
         if target.shape[:2] != (image.height, image.width):
             raise ValueError(f"{sample.target} is {target.shape[1]}x{target.shape[0]} but its image {sample.image} "
                              f"is {image.width}x{image.height}: targets must match their image pixel for pixel")
-        box = center_box(image.height, image.width, self.size)
-        return {"image": resize_image(image, self.size, box),
-                TARGET_KEYS[self.task]: target_tensor(self.task, resize_nearest(target, self.size, box)),
-                "index": index}
+        if self.resize == "cover":
+            box = center_box(image.height, image.width, self.size)
+            return {"image": resize_image(image, self.size, box),
+                    TARGET_KEYS[self.task]: target_tensor(self.task, resize_nearest(target, self.size, box)),
+                    "index": index}
+        # "fit": the whole frame, top-left, padded with grey and with invalid / ignored target pixels
+        shape, frame = fit_shape(image.height, image.width, self.size), (0, 0, image.width, image.height)
+        canvas = torch.full((3, *self.size), PAD_IMAGE, dtype=torch.uint8)
+        canvas[:, :shape[0], :shape[1]] = resize_image(image, shape, frame)
+        padded = np.full(self.size + target.shape[2:], PAD_TARGET[self.task], dtype=target.dtype)
+        padded[:shape[0], :shape[1]] = resize_nearest(target, shape, frame)
+        return {"image": canvas, TARGET_KEYS[self.task]: target_tensor(self.task, padded), "index": index}
 
 
 def _found(root: Path, limit: int = 8) -> str:
@@ -305,11 +327,11 @@ def list_nyuv2(root: str | os.PathLike, split: str = "train", task: str = "depth
 
 
 def nyuv2_dataset(root: str | os.PathLike, split: str = "train", task: str = "depth",
-                  size: int | tuple[int, int] = 256) -> DenseDataset:
+                  size: int | tuple[int, int] = 256, resize: str = "cover") -> DenseDataset:
     """NYUv2 depth (either layout) or normals (MultiMAE layout); the layout is detected from the files."""
     samples, layout = list_nyuv2(root, split, task)
     reader = read_nyu_normals if task == "normals" else read_bts_depth if layout == "bts" else read_multimae_depth
-    return DenseDataset(samples, task, size, reader)
+    return DenseDataset(samples, task, size, reader, resize)
 
 
 # ADE20K ------------------------------------------------------------------------------------------------------------
@@ -328,8 +350,9 @@ def list_ade20k(root: str | os.PathLike, split: str = "train") -> list[DenseSamp
                  ADE20K_LAYOUT)
 
 
-def ade20k_dataset(root: str | os.PathLike, split: str = "train", size: int | tuple[int, int] = 512) -> DenseDataset:
-    return DenseDataset(list_ade20k(root, split), "segmentation", size, read_ade_labels)
+def ade20k_dataset(root: str | os.PathLike, split: str = "train", size: int | tuple[int, int] = 512,
+                   resize: str = "cover") -> DenseDataset:
+    return DenseDataset(list_ade20k(root, split), "segmentation", size, read_ade_labels, resize)
 
 
 # Taskonomy ---------------------------------------------------------------------------------------------------------
@@ -367,9 +390,9 @@ def list_taskonomy(root: str | os.PathLike, buildings: list[str] | None = None) 
 
 
 def taskonomy_dataset(root: str | os.PathLike, buildings: list[str] | None = None,
-                      size: int | tuple[int, int] = 256) -> DenseDataset:
+                      size: int | tuple[int, int] = 256, resize: str = "cover") -> DenseDataset:
     """Surface normals of the given buildings (default: every building found)."""
-    return DenseDataset(list_taskonomy(root, buildings), "normals", size, read_taskonomy_normals)
+    return DenseDataset(list_taskonomy(root, buildings), "normals", size, read_taskonomy_normals, resize)
 
 
 def taskonomy_split(root: str | os.PathLike, buildings: list[str] | None = None,
@@ -485,20 +508,26 @@ class DenseCollate:
 class DenseDataModule(BaseDataModule):
     """Dense fine-tuning data. dataset: "nyuv2" (depth or normals), "ade20k" (segmentation, 150 classes),
     "taskonomy" (normals), or "stereo_sample" (depth, built in: `root` is not used). task defaults to the dataset's
-    first. size: int or [H, W]. buildings / val_buildings: Taskonomy's split (see `taskonomy_split`).
+    first. size: int or [H, W]; train_size: the training items' size when it differs (e.g. [256, 341], the whole
+    640 x 480 NYUv2 frame at short side 256, for the method's random 256 crops as MultiMAE trains). resize:
+    "cover" (centre box of the target aspect, no padding) or "fit" (the whole frame, padded: MultiMAE's
+    ADE20K longest-side resize). buildings / val_buildings: Taskonomy's split (see `taskonomy_split`).
     num_crops: training crops of the stereo sample. Batches hold "image" uint8, the task's target ("depth",
     "mask" or "normal"), "index"; augmentation belongs on the device, in the method."""
 
     def __init__(self, dataset: str = "stereo_sample", root: str | None = None, task: str | None = None,
                  size: int | tuple[int, int] = 256, batch_size: int = 8, num_workers: int = 4, seed: int = 0,
                  pin_memory: bool = True, buildings: list[str] | None = None,
-                 val_buildings: list[str] | None = None, num_crops: int = 32):
+                 val_buildings: list[str] | None = None, num_crops: int = 32,
+                 train_size: int | tuple[int, int] | None = None, resize: str = "cover"):
         super().__init__()
         if dataset not in DATASET_TASKS:
             raise ValueError(f"dataset must be one of {sorted(DATASET_TASKS)}, got {dataset!r}")
         task = task or DATASET_TASKS[dataset][0]
         if task not in DATASET_TASKS[dataset]:
             raise ValueError(f"{dataset} supports the tasks {list(DATASET_TASKS[dataset])}, got {task!r}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         if root is None and dataset != "stereo_sample":
             raise ValueError(f"{dataset} needs root: the folder holding your local copy")
         # `task` stays out: LightningCLI records the given (possibly empty) value, which would clash with the
@@ -509,14 +538,16 @@ class DenseDataModule(BaseDataModule):
 
     def _datasets(self) -> tuple[Dataset, Dataset]:
         hp = self.hparams
+        sizes = {"train": hp.train_size or hp.size, "val": hp.size}
         if hp.dataset == "stereo_sample":
-            return tuple(StereoSampleDataset(s, hp.size, hp.seed, hp.num_crops) for s in ("train", "val"))
+            return tuple(StereoSampleDataset(s, sizes[s], hp.seed, hp.num_crops) for s in ("train", "val"))
         if hp.dataset == "nyuv2":
-            return tuple(nyuv2_dataset(hp.root, s, self.task, hp.size) for s in ("train", "val"))
+            return tuple(nyuv2_dataset(hp.root, s, self.task, sizes[s], hp.resize) for s in ("train", "val"))
         if hp.dataset == "ade20k":
-            return tuple(ade20k_dataset(hp.root, s, hp.size) for s in ("train", "val"))
+            return tuple(ade20k_dataset(hp.root, s, sizes[s], hp.resize) for s in ("train", "val"))
         train, val = taskonomy_split(hp.root, hp.buildings, hp.val_buildings)
-        return taskonomy_dataset(hp.root, train, hp.size), taskonomy_dataset(hp.root, val, hp.size)
+        return (taskonomy_dataset(hp.root, train, sizes["train"], hp.resize),
+                taskonomy_dataset(hp.root, val, sizes["val"], hp.resize))
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set, self.val_set = self._datasets()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from ..methods.base import Method, build_backbone, weight_decay_groups
+from ..methods.base import Augmentation, Method, build_backbone, weight_decay_groups
 from ..methods.finetune import layer_decay_groups
 from ..methods.pictures import save_epoch_picture
 from ..models import ViT
@@ -56,6 +56,30 @@ def normal_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> t
     return masked_mean(torch.acos(cos), valid)
 
 
+def scale_crop(images: torch.Tensor, target: torch.Tensor, size: tuple[int, int], scale: tuple[float, float],
+               key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, rescale by a factor drawn from `scale` and cut a random `size` window (MultiMAE's RandomCrop
+    after SmallestMaxSize for NYUv2; large-scale jitter (0.1, 2.0) + pad + RandomCrop for ADE20K), in one
+    `grid_sample` on the device. The image is sampled bilinearly and padded with 0 (the mean colour after
+    normalisation), the target by nearest neighbour and padded as invalid (depth / normal 0, label 255)."""
+    B, _, H, W = images.shape
+    device = images.device
+    s = torch.empty(B, 1, 1, device=device).uniform_(*scale)
+    # top-left of the window in the rescaled frame; windows larger than the frame keep it at the top left
+    # (whole pixels, so that at scale 1 the window is an exact crop)
+    oy = (torch.rand(B, 1, 1, device=device) * ((H * s - size[0]).clamp(min=0).floor() + 1)).floor()
+    ox = (torch.rand(B, 1, 1, device=device) * ((W * s - size[1]).clamp(min=0).floor() + 1)).floor()
+    ys = (torch.arange(size[0], device=device).view(1, -1, 1) + 0.5 + oy) / s  # source pixel coordinates
+    xs = (torch.arange(size[1], device=device).view(1, 1, -1) + 0.5 + ox) / s
+    grid = torch.stack([(2 * xs / W - 1).expand(B, *size), (2 * ys / H - 1).expand(B, *size)], dim=-1)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if key == "mask":
+        inside = ((ys < H) & (xs < W)).expand(B, *size)
+        labels = F.grid_sample(target[:, None].float(), grid, mode="nearest", align_corners=False)[:, 0].long()
+        return images, torch.where(inside, labels, IGNORE_INDEX)
+    return images, F.grid_sample(target, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
 def segmentation_metrics(num_classes: int) -> MetricCollection:
     """mIoU over the classes present in prediction or target (mmseg's convention) and pixel accuracy, accumulated
     over the whole dataset; label 255 is ignored."""
@@ -98,6 +122,11 @@ class DenseFinetune(Method):
     MultiMAE, `norm_last_hook` puts the last one through the final norm as CroCo does) or "linear" on the last
     layer (always after the final norm). `freeze_backbone` trains the head only.
 
+    Training views, on the device: horizontal flip (`hflip`), colour jitter (`color_jitter` = brightness,
+    contrast, saturation, hue with probability `color_jitter_p`; `grayscale_p`), then `scale_crop` to
+    `image_size` with a scale drawn from `crop_scale` (applied when the batch is larger than `image_size` or the
+    scale range is not (1, 1)). Validation batches are used as they come.
+
     Defaults: MultiMAE's NYUv2 depth recipe for ViT-B, which MIMIC uses (AdamW lr 1e-4, wd 1e-4, layer decay 0.75,
     warmup, 256 px). Batches: {"image": uint8 (B, 3, H, W), <target>} with target "depth" (B, 1, H, W) (0 = no
     depth), "mask" (B, H, W) int64 or "normal" (B, 3, H, W), as `mimzoo.data.DenseDataModule` gives them.
@@ -122,7 +151,11 @@ class DenseFinetune(Method):
         normal_loss: str = "l1",
         variance_focus: float = 0.85,
         max_depth: float = 10.0,
-        color_jitter: float = 0.4,
+        hflip: bool = True,
+        crop_scale: tuple[float, float] = (1.0, 1.0),
+        color_jitter: list[float] | None = (0.4, 0.4, 0.2, 0.1),
+        color_jitter_p: float = 0.5,
+        grayscale_p: float = 0.0,
         picture_every_n_epochs: int = 1,
         blr: float | None = None,
         lr: float | None = 1e-4,
@@ -157,7 +190,9 @@ class DenseFinetune(Method):
                              feature_dim=feature_dim, last_dim=last_dim) if head == "dpt" else LinearHead(dim, channels))
         mean, std = self.backbone.data_config["mean"], self.backbone.data_config["std"]
         self.normalize = K.Normalize(torch.tensor(mean), torch.tensor(std))
-        self.jitter = K.ColorJitter(color_jitter, color_jitter, color_jitter, 0.1, p=0.8) if color_jitter else None
+        steps = [K.ColorJitter(*color_jitter, p=color_jitter_p)] if color_jitter else []
+        steps += [K.RandomGrayscale(p=grayscale_p)] if grayscale_p else []
+        self.jitter = Augmentation(K.AugmentationSequential(*steps)) if steps else None
         if task == "depth":
             self.val_metrics = DepthMetrics()
         elif task == "normals":
@@ -208,10 +243,15 @@ class DenseFinetune(Method):
             return batch
         images, target = batch["image"].float() / 255, batch[self.target_key]
         if self.training:
-            images, target = self.flip(images, target)
+            if self.hparams.hflip:
+                images, target = self.flip(images, target)
             if self.jitter is not None:
                 images = self.jitter(images)
-        return {**batch, "image": self.normalize(images), self.target_key: target}
+        images = self.normalize(images)
+        size = (self.hparams.image_size,) * 2
+        if self.training and (tuple(images.shape[-2:]) != size or tuple(self.hparams.crop_scale) != (1.0, 1.0)):
+            images, target = scale_crop(images, target, size, self.hparams.crop_scale, self.target_key)
+        return {**batch, "image": images, self.target_key: target}
 
     def flip(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Random horizontal flip of image and target together, on the device; a flipped normal map also
