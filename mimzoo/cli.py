@@ -187,7 +187,8 @@ def zoo_parser() -> argparse.ArgumentParser:
                          "full protocol); fewshot: MSN / MIM-Refiner extreme low-shot logistic regression")
     pr.add_argument("--model", required=True, help="zoo name, checkpoint file or folder")
     pr.add_argument("--data", required=True, help="'digits' (built in) or an ImageNet-style folder (train/, val/)")
-    pr.add_argument("--pooling", choices=("default", "cls", "cls_prenorm", "cls_avg", "avg"), default=None,
+    pr.add_argument("--pooling", choices=("default", "cls", "cls_prenorm", "cls_avg", "cls_last4", "cls_avg_last4",
+                                          "avg"), default=None,
                     help="feature: default = the checkpoint's own (knn, linear); fewshot uses cls_prenorm (the last "
                          "block's cls token before the final norm, as MSN / SiameseIM / MIM-Refiner)")
     pr.add_argument("--batch-size", type=int, default=128, help="feature extraction batch size")
@@ -199,8 +200,8 @@ def zoo_parser() -> argparse.ArgumentParser:
     knn.add_argument("--temperature", type=float, default=0.07)
     lin = pr.add_argument_group("linear")
     lin.add_argument("--grid", action="store_true",
-                     help="MIM-Refiner's grid instead: SGD, 13 lrs x {cls, [cls, avg]}, 50 epochs, batch 1024; "
-                          "reports the best")
+                     help="MIM-Refiner's grid instead: SGD, 13 lrs x {cls, [cls, avg]} x {last, last 4 blocks}, "
+                          "50 epochs, batch 1024; reports the best")
     lin.add_argument("--epochs", type=int, default=None, help="default 90 (LARS), 50 (--grid)")
     lin.add_argument("--lr", type=float, default=6.4, help="LARS lr (MAE: 0.1 x 16384 / 256)")
     lin.add_argument("--blr", type=float, default=None, help="instead of --lr: lr = blr x probe batch / 256")

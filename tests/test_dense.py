@@ -147,11 +147,12 @@ def test_tiny_depth_finetune_lowers_the_loss(freeze, tmp_path):
 def test_layer_decay_and_frozen_backbone_groups():
     model = DenseFinetune(task="segmentation", num_classes=3, layer_decay=0.5, **TINY)
     scales = sorted({g["lr_scale"] for g in model.optimizer_groups() if "lr_scale" in g})
-    assert scales == [0.5 ** k for k in range(5, -1, -1)]  # 4 blocks + embeddings + head-side parts
-    head_params = {id(p) for p in model.head.parameters()}
+    # embeddings 0.5^5 ... last block 0.5^1 (the unread final norm is frozen); the head's groups have the full lr
+    assert scales == [0.5 ** k for k in range(5, 0, -1)]
     frozen = DenseFinetune(task="segmentation", num_classes=3, freeze_backbone=True, **TINY)
     params = [p for g in frozen.optimizer_groups() for p in g["params"]]
-    assert {id(p) for p in params} == {id(p) for p in frozen.head.parameters()} and len(head_params) == len(params)
+    trainable_head = [p for p in frozen.head.parameters() if p.requires_grad]
+    assert {id(p) for p in params} == {id(p) for p in trainable_head} and len(params) == len(trainable_head)
 
 
 def test_segmentation_and_normals_validation_report_their_metrics(tmp_path):
@@ -211,13 +212,14 @@ def test_validation_writes_prediction_pictures(tmp_path):
                                     "siameseim/checkpoint.pth", "mae_pretrain/mimic_multiview/checkpoint.pth"])
 def test_every_backbone_family_gets_dense_heads_at_a_new_resolution(parity_dir, family):
     """Cls token or not, sin-cos / learned tables or RoPE, pre- or post-norm blocks: each upstream format becomes a
-    DPT depth model and a linear segmentation model at 128 px, and the backbone computes what mimzoo.load's does."""
+    DPT depth model and linear and ConvNeXt-adapter segmentation models at 128 px, and the backbone computes what
+    mimzoo.load's does."""
     import mimzoo
 
     path = parity_dir / family
     hints = {"num_heads": 3} if family.startswith("siameseim") else {}  # its weights cannot show the head count
     reference = mimzoo.load(path, img_size=128, **hints)
-    for task, head in [("depth", "dpt"), ("segmentation", "linear")]:
+    for task, head in [("depth", "dpt"), ("segmentation", "linear"), ("segmentation", "convnext")]:
         model = DenseFinetune(task=task, head=head, num_classes=4, backbone=str(path), backbone_kwargs=hints,
                               image_size=128, feature_dim=16, drop_path_rate=0.0).eval()
         images = torch.randn(1, 3, 128, 128)
@@ -257,3 +259,15 @@ def test_scale_crop_is_an_exact_crop_at_scale_one_and_pads_as_invalid():
     assert (small[:, :, 4:] == 0).all() and set(small_labels[:, :4, :6].unique().tolist()) <= set(range(5))
     _, big_labels = scale_crop(images, labels, (8, 8), (2.0, 2.0), "mask")
     assert set(big_labels.unique().tolist()) <= set(range(5))  # nearest: only original labels, no padding
+
+
+@pytest.mark.parametrize("head, norm_last_hook", [("dpt", False), ("dpt", True), ("convnext", False),
+                                                  ("linear", False)])
+def test_every_trainable_parameter_gets_a_gradient(head, norm_last_hook):
+    """What DDP needs without find_unused_parameters: the final norm is trained only when the head reads it."""
+    model = DenseFinetune(task="segmentation", num_classes=3, head=head, norm_last_hook=norm_last_hook, **TINY)
+    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    model.loss(model(images), labels).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert model.backbone.norm.weight.requires_grad == (head == "linear" or norm_last_hook)

@@ -266,6 +266,6 @@ def test_linear_grid_command(parity_dir, tmp_path, capsys):
     assert cli(["probe", "linear", "--grid", "--model", model, "--data", "digits", "--quiet", "--cache",
                 str(tmp_path), "--batch-size", "256"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out["grid"]) == 26 and out["best_feature"] in ("cls", "cls_avg")
+    assert len(out["grid"]) == 52 and out["best_feature"] in ("cls", "cls_avg", "cls_last4", "cls_avg_last4")
     assert out["linear_top1"] == max(r["top1"] for r in out["grid"]) > 30
     assert (tmp_path / "train_cls_avg.safetensors").is_file()

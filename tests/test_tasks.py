@@ -199,3 +199,23 @@ def test_knn_probe_on_an_imagenet_style_folder(parity_dir, tmp_path, capsys):
     assert cli(["probe", "knn", "--model", model, "--data", str(tmp_path / "data" / "train"), "--quiet",
                 "--workers", "0"]) == 2
     assert "one sub-folder per class" in capsys.readouterr().err
+
+
+def test_last4_poolings_concatenate_the_raw_last_blocks():
+    from mimzoo.models import create_vit
+    from mimzoo.tasks import pooled
+
+    vit = create_vit("vit_tiny_patch16", depth=6, img_size=64).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        x, rope = vit.embed(images)
+        raw = []
+        for blk in vit.blocks:
+            x = vit._run_block(blk, x, rope)
+            raw.append(x)
+        last4 = raw[-4:]
+        cls4 = pooled(vit, images, "cls_last4")
+        both4 = pooled(vit, images, "cls_avg_last4")
+    p = vit.num_prefix_tokens
+    assert torch.allclose(cls4, torch.cat([r[:, 0] for r in last4], 1), atol=1e-5)
+    assert torch.allclose(both4, torch.cat([torch.cat([r[:, 0], r[:, p:].mean(1)], 1) for r in last4], 1), atol=1e-5)

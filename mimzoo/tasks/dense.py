@@ -16,6 +16,7 @@ from ..methods.finetune import layer_decay_groups
 from ..methods.pictures import save_epoch_picture
 from ..models import ViT
 from .colorize import dense_grid
+from .convnext_head import ConvNeXtAdapterHead
 from .heads import DPTHead, LinearHead, default_hooks
 from .metrics import DepthMetrics, SurfaceNormalMetrics
 
@@ -119,8 +120,9 @@ class DenseFinetune(Method):
     or "berhu" = MultiMAE's), "segmentation"
     (cross-entropy, 255 ignored) or "normals" (unit vectors; L1 or angular loss).
     `head`: "dpt" on the blocks `hooks` (default: four equally spaced, ending at the last; raw block outputs as in
-    MultiMAE, `norm_last_hook` puts the last one through the final norm as CroCo does) or "linear" on the last
-    layer (always after the final norm). `freeze_backbone` trains the head only.
+    MultiMAE, `norm_last_hook` puts the last one through the final norm as CroCo does), "convnext" (MultiMAE's
+    ConvNeXt adapter on the raw last block, MIMIC's ADE20K head) or "linear" on the last layer (after the final
+    norm). `freeze_backbone` trains the head only.
 
     Training views, on the device: horizontal flip (`hflip`), colour jitter (`color_jitter` = brightness,
     contrast, saturation, hue with probability `color_jitter_p`; `grayscale_p`), then `scale_crop` to
@@ -167,8 +169,8 @@ class DenseFinetune(Method):
         super().__init__()
         if task not in TASKS:
             raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
-        if head not in ("dpt", "linear"):
-            raise ValueError(f"head must be 'dpt' or 'linear', got {head!r}")
+        if head not in ("dpt", "convnext", "linear"):
+            raise ValueError(f"head must be 'dpt', 'convnext' or 'linear', got {head!r}")
         if task == "segmentation" and not num_classes:
             raise ValueError("segmentation needs num_classes (150 for ADE20K)")
         if depth_loss not in ("silog", "berhu"):
@@ -179,6 +181,12 @@ class DenseFinetune(Method):
         self.backbone = dense_backbone(backbone, image_size, drop_path_rate, backbone_kwargs)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        # parts the head never reads get no gradient, which DDP (without find_unused_parameters) rejects
+        unused = [self.backbone.fc_norm, self.backbone.head]
+        if head != "linear" and not norm_last_hook:
+            unused.append(self.backbone.norm)
+        for module in unused:
+            module.requires_grad_(False)
         depth = len(self.backbone.blocks)
         self.hooks = list(hooks) if hooks is not None else default_hooks(depth)
         if head == "dpt" and (len(self.hooks) != 4 or not all(0 <= h < depth for h in self.hooks)):
@@ -186,8 +194,13 @@ class DenseFinetune(Method):
         self.target_key, channels = TASKS[task]
         channels = channels or num_classes
         dim = self.backbone.embed_dim
-        self.head = (DPTHead(dim, channels, "segmentation" if task == "segmentation" else "regression",
-                             feature_dim=feature_dim, last_dim=last_dim) if head == "dpt" else LinearHead(dim, channels))
+        if head == "dpt":
+            kind = "segmentation" if task == "segmentation" else "regression"
+            self.head = DPTHead(dim, channels, kind, feature_dim=feature_dim, last_dim=last_dim)
+        elif head == "convnext":
+            self.head = ConvNeXtAdapterHead(dim, channels, patch_size=self.backbone.patch_embed.patch_size[0])
+        else:
+            self.head = LinearHead(dim, channels)
         mean, std = self.backbone.data_config["mean"], self.backbone.data_config["std"]
         self.normalize = K.Normalize(torch.tensor(mean), torch.tensor(std))
         steps = [K.ColorJitter(*color_jitter, p=color_jitter_p)] if color_jitter else []
@@ -205,7 +218,7 @@ class DenseFinetune(Method):
         """Token maps (B, D, h, w) at the hooks."""
         last = len(self.backbone.blocks) - 1
         linear = self.hparams.head == "linear"
-        take = [last] if linear else self.hooks
+        take = self.hooks if self.hparams.head == "dpt" else [last]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.hparams.freeze_backbone):
             blocks = sorted(set(take))
             maps = self.backbone.forward_intermediates(images, indices=blocks, intermediates_only=True,

@@ -11,19 +11,28 @@ from tqdm import tqdm
 from ..checkpoint import write_safetensors
 
 
+POOLINGS = ("default", "cls", "cls_prenorm", "cls_avg", "cls_last4", "cls_avg_last4", "avg")
+
+
 def pooled(vit, images: torch.Tensor, pooling: str) -> torch.Tensor:
     """'cls': the cls token after the final norm (MAE's linear probe, DINO's k-NN), 'cls_prenorm': the last block's
     cls token before the final norm (the few-shot feature of MSN, SiameseIM and MIM-Refiner), 'avg': mean of the
     final-normed patch tokens (CroCo, which has no cls token), 'default': what the model's own forward returns
-    (its converter sets the pooling of the checkpoint's paper), 'cls_avg': [cls, avg] (MIM-Refiner's probe grid)."""
+    (its converter sets the pooling of the checkpoint's paper). MIM-Refiner's probe grid also uses 'cls_avg'
+    ([cls, avg] after the final norm), 'cls_last4' (the raw cls tokens of the last 4 blocks, concatenated) and
+    'cls_avg_last4' ([cls, avg] of each of the last 4 raw block outputs)."""
     if pooling == "default":
         return vit(images)
-    if pooling == "cls_prenorm":
+    if pooling in ("cls_prenorm", "cls_last4", "cls_avg_last4"):
         if not vit.num_prefix_tokens:
             raise ValueError("this backbone has no cls token: use pooling='avg'")
-        (_, prefix), = vit.forward_intermediates(images, indices=[len(vit.blocks) - 1], intermediates_only=True,
-                                                 output_fmt="NLC", return_prefix_tokens=True)
-        return prefix[:, 0]
+        n = 1 if pooling == "cls_prenorm" else min(4, len(vit.blocks))
+        blocks = vit.forward_intermediates(images, indices=n, intermediates_only=True, output_fmt="NLC",
+                                           return_prefix_tokens=True)  # raw outputs of the last n blocks
+        parts = [prefix[:, 0] for _, prefix in blocks]
+        if pooling == "cls_avg_last4":
+            parts = [torch.cat([prefix[:, 0], patches.mean(1)], dim=1) for patches, prefix in blocks]
+        return torch.cat(parts, dim=1)
     tokens = vit.forward_features(images)
     if pooling == "cls_avg":  # MIM-Refiner's probe feature: [cls, mean of the patch tokens]
         return torch.cat([pooled_from_tokens(vit, tokens, "cls"), pooled_from_tokens(vit, tokens, "avg")], dim=1)
@@ -36,7 +45,7 @@ def pooled_from_tokens(vit, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
             raise ValueError("this backbone has no cls token: use pooling='avg'")
         return tokens[:, 0]
     if pooling != "avg":
-        raise ValueError(f"pooling must be default, cls, cls_prenorm, cls_avg or avg; got {pooling!r}")
+        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
     return tokens[:, vit.num_prefix_tokens:].mean(1)
 
 

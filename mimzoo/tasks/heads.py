@@ -75,6 +75,9 @@ class DPTHead(nn.Module):
         self.reassemble = nn.ModuleList(nn.Sequential(nn.Conv2d(d, c, 1), r) for d, c, r in zip(dims, layer_dims, resample))
         self.project = nn.ModuleList(nn.Conv2d(c, feature_dim, 3, padding=1, bias=False) for c in layer_dims)
         self.fusion = nn.ModuleList(FusionBlock(feature_dim) for _ in layer_dims)
+        # the coarsest block has no skip input; DPT (and MultiMAE's count) still has its unit: kept, never trained,
+        # so that DDP needs no find_unused_parameters
+        self.fusion[-1].skip_unit.requires_grad_(False)
         if kind == "regression":
             self.head = nn.Sequential(
                 nn.Conv2d(feature_dim, feature_dim // 2, 3, padding=1),

@@ -96,11 +96,11 @@ def linear_probe(model: str, data: str, *, epochs: int = 90, lr: float = 6.4, pr
 def linear_grid_probe(model: str, data: str, *, epochs: int = 50, probe_batch_size: int = 1024, seed: int = 0,
                       batch_size: int = 128, workers: int = 4, cache_dir: str | None = None,
                       progress: bool = True) -> dict:
-    """MIM-Refiner's grid (SGD, 13 lrs x {cls, [cls, avg]} features after the final norm; avg alone for backbones
-    without a cls token): the best top-1 (%) and the whole grid."""
+    """MIM-Refiner's grid (SGD, 13 lrs x {cls, [cls, avg]} x {last block after the final norm, last 4 raw blocks};
+    avg alone for backbones without a cls token): the best top-1 (%) and the whole grid."""
     vit = load_probed(model)
-    sets = feature_sets(vit, data, ["cls", "cls_avg"] if vit.num_prefix_tokens else ["avg"], batch_size, workers,
-                        cache_dir, progress)
+    features = ["cls", "cls_avg", "cls_last4", "cls_avg_last4"] if vit.num_prefix_tokens else ["avg"]
+    sets = feature_sets(vit, data, features, batch_size, workers, cache_dir, progress)
     labels = next(iter(sets.values()))
     out = linear_probe_grid({k: (v[0], v[2]) for k, v in sets.items()}, labels[1], labels[3], epochs=epochs,
                             batch_size=probe_batch_size, seed=seed)
