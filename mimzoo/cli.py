@@ -90,7 +90,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_curate(args) -> int:
-    from .curate import Options, curate
+    from .curate import Options, curate, preset_options
 
     if args.inputs[0] == "show":  # mimzoo curate show OUT [INDEX] --png FILE
         from .curate.show import show
@@ -102,11 +102,13 @@ def cmd_curate(args) -> int:
 
     if not args.out:
         raise ValueError("--out is required: the folder that receives shards/, pairs.jsonl and summary.json")
+    fields = {f: getattr(args, f) for f in ("low", "high", "gap", "folder_step", "folder_offset", "min_sharpness",
+                                             "folder_mode", "window", "pick", "min_duration", "crop_bottom")}
+    fields = {k: v for k, v in fields.items() if v is not None}  # given flags override the preset
+    fields["multiview"] = args.multiview
+    options = preset_options(args.preset, **fields) if args.preset else Options(**fields)
     summary = curate(args.inputs, args.out, workers=args.workers, progress=not args.quiet, engine=args.engine,
-                     ray_address=args.ray_address,
-                     options=Options(low=args.low, high=args.high, gap=args.gap, folder_step=args.folder_step,
-                                     folder_offset=args.folder_offset, multiview=args.multiview,
-                                     min_sharpness=args.min_sharpness))
+                     ray_address=args.ray_address, options=options)
     print(f"{summary['pairs']} pairs from {summary['sources']} sources ({summary['candidates']} candidates) -> "
           f"{args.out}/shards, index {args.out}/pairs.jsonl; rejected: {summary['rejected']}")
     return 0
@@ -166,14 +168,25 @@ def zoo_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", default=None, help="output folder (required unless `show`)")
     k.add_argument("--png", default=None, help="with `mimzoo curate show OUT [INDEX]`: the picture to write")
     k.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
-    k.add_argument("--gap", type=float, default=1.0, help="seconds between the frames of a video pair")
-    k.add_argument("--low", type=float, default=0.5, help="accept overlap above this (exclusive)")
-    k.add_argument("--high", type=float, default=0.75, help="accept overlap below this (exclusive)")
-    k.add_argument("--folder-step", type=int, default=10)
-    k.add_argument("--folder-offset", type=int, default=5)
+    k.add_argument("--preset", choices=("arkitscenes", "co3d", "demon", "mannequin", "scannet"), default=None,
+                   help="the options of MIMIC's script for that source (flags given here override them)")
+    k.add_argument("--gap", type=float, default=None, help="seconds between the frames of a video pair (1)")
+    k.add_argument("--low", type=float, default=None, help="accept overlap above this, exclusive (0.5)")
+    k.add_argument("--high", type=float, default=None, help="accept overlap below this, exclusive (0.75)")
+    k.add_argument("--folder-mode", choices=("offset", "windows", "all"), default=None,
+                   help="frame folders: (i, i + offset) every step frames (CO3D, default), 60-frame windows "
+                        "(ScanNet) or every pair (DeMoN)")
+    k.add_argument("--folder-step", type=int, default=None, help="offset mode (10)")
+    k.add_argument("--folder-offset", type=int, default=None, help="offset mode (5)")
+    k.add_argument("--window", type=int, default=None, help="windows mode: frames per window (60)")
+    k.add_argument("--pick", choices=("all", "lowest"), default=None,
+                   help="keep every accepted pair, or the lowest-overlap one of each window / sequence")
+    k.add_argument("--min-duration", type=float, default=None, help="skip shorter videos (seconds)")
+    k.add_argument("--crop-bottom", type=float, default=None,
+                   help="cut this fraction off the bottom of each frame (Mannequin: 0.2)")
     k.add_argument("--multiview", action="store_true",
                    help="inputs are multi-view sets (a sub-folder of views per sample; optional depth + cameras)")
-    k.add_argument("--min-sharpness", type=float, default=1000.0, help="multi-view: Laplacian variance filter")
+    k.add_argument("--min-sharpness", type=float, default=None, help="multi-view: Laplacian variance filter (1000)")
     k.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local process pool, or Ray tasks (pip install 'mimzoo[ray]')")
     k.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")

@@ -238,3 +238,58 @@ def test_frame_folder_and_training_data(video, tmp_path):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 64, 64) and batch["image2"].dtype.is_floating_point is False
+
+
+def test_candidate_groups_of_mimic_sources():
+    from mimzoo.curate.frames import folder_groups, window_groups
+
+    windows = window_groups(130)  # two full 60-frame windows, the last 10 frames start none
+    assert len(windows) == 2 and all(len(w) == 100 for w in windows)
+    assert windows[1][0] == (60, 109) and windows[1][-1] == (69, 118)
+    assert folder_groups(4, "all") == [[(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]]
+    assert folder_groups(20, "offset") == [[(0, 5)], [(10, 15)]]
+    with pytest.raises(ValueError, match="unknown preset"):
+        from mimzoo.curate import preset_options
+
+        preset_options("kitti")
+
+
+def test_demon_preset_keeps_the_lowest_overlap_pair_of_a_sequence(video, tmp_path):
+    """Every pair of a short sequence is tested; pick="lowest" keeps exactly the accepted pair that a full run
+    (pick="all") ranks lowest, and counts the others."""
+    from mimzoo.curate import preset_options
+
+    path, _ = video
+    cap = cv2.VideoCapture(str(path))
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    for k in range(6):
+        ok, f = cap.read()
+        cv2.imwrite(str(seq / f"{k:04d}.jpg"), f)
+    everything = curate([str(seq)], tmp_path / "all", workers=1, progress=False,
+                        options=Options(folder_mode="all", pick="all"))
+    lowest = curate([str(seq)], tmp_path / "low", workers=1, progress=False, options=preset_options("demon"))
+    every = [json.loads(line) for line in open(tmp_path / "all" / "pairs.jsonl")]
+    kept = [json.loads(line) for line in open(tmp_path / "low" / "pairs.jsonl")]
+    assert everything["candidates"] == lowest["candidates"] == 15 and len(every) >= 2
+    best = min(every, key=lambda r: r["overlap"])
+    assert len(kept) == 1 and (kept[0]["frame_a"], kept[0]["frame_b"]) == (best["frame_a"], best["frame_b"])
+    assert lowest["rejected"]["not the lowest overlap of its group"] == len(every) - 1
+    assert cli(["curate", str(seq), "--out", str(tmp_path / "cli"), "--preset", "demon", "--workers", "1",
+                "--quiet"]) == 0
+    assert open(tmp_path / "cli" / "pairs.jsonl").read() == open(tmp_path / "low" / "pairs.jsonl").read()
+
+
+def test_mannequin_preset_crops_the_bottom_and_skips_short_videos(video, tmp_path):
+    from mimzoo.curate import preset_options
+    from mimzoo.curate.frames import resize
+
+    frame = np.zeros((100, 50, 3), np.uint8)
+    frame[80:] = 255  # the bottom 20 % is white
+    assert resize(frame, 0.2).max() == 0 and resize(frame).max() == 255
+    path, _ = video  # 12 frames at 1 fps: 12 s
+    long_enough = curate([str(path)], tmp_path / "a", workers=1, progress=False, options=preset_options("mannequin"))
+    too_short = curate([str(path)], tmp_path / "b", workers=1, progress=False,
+                       options=preset_options("mannequin", min_duration=20.0))
+    assert long_enough["pairs"] > 0 and too_short["pairs"] == 0
+    assert too_short["rejected"] == {"video shorter than 20 s": 1}

@@ -1,5 +1,6 @@
 """Candidate frames and pairs, MIMIC's way: videos give the frames at t = 0, gap, 2 gap, ... seconds and the
-pairs (t, t + gap); frame folders (sorted by frame number) give the pairs (i, i + offset) for i = 0, step, ..."""
+pairs (t, t + gap); frame folders (sorted by frame number) give groups of candidate pairs: (i, i + offset) for
+i = 0, step, ... (CO3D), windows of frames (ScanNet) or every pair of a short sequence (DeMoN)."""
 from __future__ import annotations
 
 import re
@@ -22,11 +23,25 @@ class Frame:
     image: np.ndarray  # 224 x 224 RGB uint8, resized like MIMIC (aspect not kept)
 
 
-def resize(frame_rgb: np.ndarray) -> np.ndarray:
-    return cv2.resize(frame_rgb, (SIZE, SIZE))  # MIMIC: cv2.resize(img, (224, 224)), bilinear
+def resize(frame_rgb: np.ndarray, crop_bottom: float = 0.0) -> np.ndarray:
+    """MIMIC: cv2.resize(img, (224, 224)), bilinear; its Mannequin script first cuts off the bottom 20 % of the
+    frame (crop_bottom=0.2)."""
+    if crop_bottom:
+        frame_rgb = frame_rgb[: max(1, round(frame_rgb.shape[0] * (1 - crop_bottom)))]
+    return cv2.resize(frame_rgb, (SIZE, SIZE))
 
 
-def video_frames(path: str | Path, gap: float = 1.0) -> list[Frame]:
+def video_duration(path: str | Path) -> float:
+    """Seconds, from the container's frame count and rate (0 when it reports neither)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        fps, count = cap.get(cv2.CAP_PROP_FPS) or 0.0, cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0
+    finally:
+        cap.release()
+    return count / fps if fps > 0 else 0.0
+
+
+def video_frames(path: str | Path, gap: float = 1.0, crop_bottom: float = 0.0) -> list[Frame]:
     """Decode sequentially and keep the first frame at or after each target time. A frame's time is index / fps
     (the container's own timestamp when it reports no frame rate): decoding every frame in order is exact and
     deterministic where seeking (MIMIC sets CAP_PROP_POS_MSEC) depends on the codec's key frames. Raises
@@ -43,7 +58,8 @@ def video_frames(path: str | Path, gap: float = 1.0) -> list[Frame]:
                 break
             time = index / fps if fps > 0 else cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
             if time + 1e-6 >= target:
-                kept.append(Frame(index, round(time, 6), resize(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))))
+                kept.append(Frame(index, round(time, 6),
+                                  resize(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), crop_bottom)))
                 target = len(kept) * gap
             index += 1
     finally:
@@ -71,8 +87,32 @@ def folder_pairs(count: int, step: int = 10, offset: int = 5) -> list[tuple[int,
     return [(i, i + offset) for i in range(0, count - offset, step)]
 
 
-def read_frame(path: Path) -> np.ndarray:
+def window_groups(count: int, window: int = 60, first: int = 10, second: int = 49) -> list[list[tuple[int, int]]]:
+    """MIMIC's ScanNet rule: consecutive windows of `window` frames; in each, every pair of a frame among the
+    window's first `first` and one among its frames [second, second + first) (100 candidates for 60 / 10 / 49)."""
+    groups = []
+    for start in range(0, count - window + 1, window):
+        heads = range(start, start + first)
+        tails = range(start + second, min(start + second + first, start + window))
+        groups.append([(a, b) for a in heads for b in tails])
+    return groups
+
+
+def folder_groups(count: int, mode: str = "offset", step: int = 10, offset: int = 5,
+                  window: int = 60) -> list[list[tuple[int, int]]]:
+    """Candidate pairs in groups: "offset" (CO3D: (i, i + offset) every `step` frames, one pair per group),
+    "windows" (ScanNet, see `window_groups`) or "all" (DeMoN: every i < j of the sequence, one group)."""
+    if mode == "offset":
+        return [[p] for p in folder_pairs(count, step, offset)]
+    if mode == "windows":
+        return window_groups(count, window)
+    if mode == "all":
+        return [[(i, j) for i in range(count) for j in range(i + 1, count)]] if count > 1 else []
+    raise ValueError(f"folder mode must be offset, windows or all; got {mode!r}")
+
+
+def read_frame(path: Path, crop_bottom: float = 0.0) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"cannot decode {path}")
-    return resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    return resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), crop_bottom)

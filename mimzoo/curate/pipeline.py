@@ -20,12 +20,15 @@ import numpy as np
 
 from ..checkpoint import atomic_path
 from ..data.pairs import write_pair_shard
-from .frames import (VIDEO_EXTENSIONS, folder_frames, folder_pairs, read_frame, video_frames, video_pairs)
+from .frames import (VIDEO_EXTENSIONS, folder_frames, folder_groups, read_frame, video_duration, video_frames,
+                     video_pairs)
 from .matching import match, overlap, sift
 
 
 @dataclass
 class Options:
+    """MIMIC's test and candidate rules; `preset_options(name)` gives those of its per-source scripts."""
+
     low: float = 0.5  # accept pairs with low < overlap < high (MIMIC's code: 50 % and 75 %, exclusive)
     high: float = 0.75
     gap: float = 1.0  # seconds between the two frames of a video pair
@@ -33,6 +36,36 @@ class Options:
     folder_offset: int = 5
     multiview: bool = False  # inputs are multi-view sets: one sub-folder of views per sample (see multiview.py)
     min_sharpness: float = 1000.0  # multi-view sets: skip views with a lower Laplacian variance
+    folder_mode: str = "offset"  # frame folders: "offset" (CO3D), "windows" (ScanNet) or "all" (DeMoN)
+    window: int = 60  # folder_mode "windows": frames per window
+    pick: str = "all"  # "all" accepted pairs, or the "lowest"-overlap accepted pair of each candidate group
+    min_duration: float = 0.0  # videos shorter than this (seconds) are skipped
+    crop_bottom: float = 0.0  # fraction of each frame's height cut off at the bottom before resizing
+
+    def __post_init__(self):
+        if self.pick not in ("all", "lowest"):
+            raise ValueError(f"pick must be 'all' or 'lowest', got {self.pick!r}")
+        if self.folder_mode not in ("offset", "windows", "all"):
+            raise ValueError(f"folder_mode must be offset, windows or all; got {self.folder_mode!r}")
+        if not 0 <= self.crop_bottom < 1:
+            raise ValueError(f"crop_bottom is a fraction of the frame height in [0, 1), got {self.crop_bottom}")
+
+
+# MIMIC's per-source scripts (datasets/*_multipro.py, demon.py), as options
+PRESETS = {
+    "co3d": {"folder_mode": "offset", "folder_step": 10, "folder_offset": 5},
+    "scannet": {"folder_mode": "windows", "window": 60, "pick": "lowest"},
+    "demon": {"folder_mode": "all", "pick": "lowest"},
+    "mannequin": {"gap": 1.0, "min_duration": 3.0, "crop_bottom": 0.2},
+    "arkitscenes": {"gap": 1.0, "min_duration": 5.0},
+}
+
+
+def preset_options(name: str, **overrides) -> Options:
+    """Options for one of MIMIC's sources (see PRESETS), with any field overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return Options(**{**PRESETS[name], **overrides})
 
 
 def expand(inputs: list[str], multiview: bool = False) -> list[str]:
@@ -70,36 +103,29 @@ def process(source: str, out: str, opts: Options) -> dict:
                     record, img_a, img_b = kept
                     records.append(record)
                     samples.append((f"{source_id(str(sample))}", img_a, img_b, record))
-            pairs, frames = [], {}
+            groups, frames = [], {}
         elif Path(source).is_dir():
             paths = folder_frames(source)
-            pairs = folder_pairs(len(paths), opts.folder_step, opts.folder_offset)
-            needed = sorted({i for p in pairs for i in p})
+            groups = folder_groups(len(paths), opts.folder_mode, opts.folder_step, opts.folder_offset, opts.window)
+            needed = sorted({i for group in groups for p in group for i in p})
             frames = {}
             for i in needed:
                 try:
-                    frames[i] = (i, None, read_frame(paths[i]))
+                    frames[i] = (i, None, read_frame(paths[i], opts.crop_bottom))
                 except ValueError:
                     rejected["undecodable frame"] += 1
         else:
             if not Path(source).is_file():
                 raise ValueError("no such file")
-            decoded = video_frames(source, opts.gap)
-            pairs = video_pairs(decoded)
-            frames = {k: (f.index, f.time, f.image) for k, f in enumerate(decoded)}
+            if opts.min_duration and video_duration(source) < opts.min_duration:
+                rejected[f"video shorter than {opts.min_duration:g} s"] += 1
+                groups, frames = [], {}
+            else:
+                decoded = video_frames(source, opts.gap, opts.crop_bottom)
+                groups = [[p] for p in video_pairs(decoded)]
+                frames = {k: (f.index, f.time, f.image) for k, f in enumerate(decoded)}
         features = {k: sift(img) for k, (_, _, img) in frames.items()}
-        for a, b in pairs:
-            if a not in frames or b not in frames:
-                rejected["undecodable frame"] += 1
-                continue
-            m = match(features[a], features[b])
-            if m.reason:
-                rejected[m.reason] += 1
-                continue
-            value, _ = overlap(m.homography)
-            if not opts.low < value < opts.high:
-                rejected["overlap below window" if value <= opts.low else "overlap above window"] += 1
-                continue
+        for a, b, value, m in accepted_pairs(groups, frames, features, opts, rejected):
             (ia, ta, img_a), (ib, tb, img_b) = frames[a], frames[b]
             record = {"source": source, "frame_a": ia, "frame_b": ib, "time_a": ta, "time_b": tb,
                       "overlap": round(value, 6), "homography": m.homography.tolist(),
@@ -118,6 +144,34 @@ def process(source: str, out: str, opts: Options) -> dict:
     with atomic_path(Path(out) / "sources" / f"{sid}.json") as tmp:
         tmp.write_text(json.dumps(result))
     return result
+
+
+def accepted_pairs(groups: list[list[tuple[int, int]]], frames: dict, features: dict, opts: Options,
+                   rejected: Counter) -> list[tuple[int, int, float, object]]:
+    """MIMIC's test on every candidate (matches, homography, low < overlap < high), counting each rejection;
+    with pick="lowest" only the accepted pair of least overlap survives in each group (ScanNet, DeMoN)."""
+    kept = []
+    for group in groups:
+        passed = []
+        for a, b in group:
+            if a not in frames or b not in frames:
+                rejected["undecodable frame"] += 1
+                continue
+            m = match(features[a], features[b])
+            if m.reason:
+                rejected[m.reason] += 1
+                continue
+            value, _ = overlap(m.homography)
+            if not opts.low < value < opts.high:
+                rejected["overlap below window" if value <= opts.low else "overlap above window"] += 1
+                continue
+            passed.append((a, b, value, m))
+        if opts.pick == "lowest" and len(passed) > 1:
+            best = min(passed, key=lambda p: p[2])
+            rejected["not the lowest overlap of its group"] += len(passed) - 1
+            passed = [best]
+        kept += passed
+    return kept
 
 
 def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None, options: Options | None = None,
