@@ -271,3 +271,23 @@ def test_every_trainable_parameter_gets_a_gradient(head, norm_last_hook):
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
     assert model.backbone.norm.weight.requires_grad == (head == "linear" or norm_last_hook)
+
+
+def test_a_loaded_backbone_trains_in_train_mode(parity_dir, tmp_path):
+    """mimzoo.load returns eval-mode modules and Lightning keeps the modes it finds: the method switches itself to
+    train mode at fit start, or drop path would silently stay off."""
+    modes = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            modes.append((module.backbone.training, module.backbone.blocks[0].drop_path1.training))
+
+    model = DenseFinetune(task="depth", backbone=str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth"),
+                          image_size=32, feature_dim=16, drop_path_rate=0.1)
+    assert not model.backbone.training  # as loaded
+    images, depth = smooth_scene(4, 32, seed=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
+                        default_root_dir=tmp_path)
+    trainer.fit(model, torch.utils.data.DataLoader(Batches(images, depth, "depth"), batch_size=2))
+    assert modes == [(True, True), (True, True)]

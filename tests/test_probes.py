@@ -141,10 +141,11 @@ def digit_batches(n: int = 256, size: int = 64, batch: int = 32) -> list[dict]:
 
 def test_linear_probe_fit_trains_the_head_only(parity_dir, tmp_path):
     # 32 px (4 patches) keeps it fast; LARS moves W by ~lr * 1e-3 of its norm per step, so 96 steps need an lr
-    # well above MAE's 6.4 (7000 steps) to show learning
+    # well above MAE's 6.4 (7000 steps) to show learning; training sees random crops (train mode), the loss is
+    # measured on centre crops
     torch.manual_seed(0)
     model = LinearProbe(pretrained=str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth"),
-                        num_classes=10, image_size=32, lr=50.0, warmup_epochs=1)
+                        num_classes=10, image_size=32, lr=20.0, warmup_epochs=1)
     backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     head_before = model.head.fc.weight.detach().clone()
     data = digit_batches(256, size=32, batch=16)
@@ -166,7 +167,7 @@ def test_linear_probe_fit_trains_the_head_only(parity_dir, tmp_path):
     after = model.backbone.state_dict()
     assert all(torch.equal(after[k], v) for k, v in backbone_before.items())
     assert not torch.equal(model.head.fc.weight, head_before)
-    assert eval_loss() < 0.7 * before
+    assert eval_loss() < 0.8 * before
 
     # the checkpoint rebuilds both the backbone and the whole probe
     trainer.save_checkpoint(tmp_path / "probe.ckpt")

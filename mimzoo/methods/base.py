@@ -162,6 +162,11 @@ class Method(L.LightningModule):
             self.save_pretrained(tmp)
             return str(api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message="mimzoo save_pretrained"))
 
+    def on_fit_start(self) -> None:
+        # Lightning keeps the train/eval modes it finds, and `mimzoo.load` returns modules in eval mode: without
+        # this a loaded backbone would train with drop path (and any dropout) switched off
+        self.train()
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         if batch["image"].shape[0] == 0:  # every image of this batch was corrupt (already counted and reported)
             return None
