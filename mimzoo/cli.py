@@ -103,9 +103,12 @@ def cmd_curate(args) -> int:
     if not args.out:
         raise ValueError("--out is required: the folder that receives shards/, pairs.jsonl and summary.json")
     fields = {f: getattr(args, f) for f in ("low", "high", "gap", "folder_step", "folder_offset", "min_sharpness",
-                                             "folder_mode", "window", "pick", "min_duration", "crop_bottom")}
+                                             "folder_mode", "window", "pick", "min_duration", "crop_bottom",
+                                             "rotations")}
     fields = {k: v for k, v in fields.items() if v is not None}  # given flags override the preset
     fields["multiview"] = args.multiview
+    if args.retry:
+        fields["retry"] = True
     options = preset_options(args.preset, **fields) if args.preset else Options(**fields)
     summary = curate(args.inputs, args.out, workers=args.workers, progress=not args.quiet, engine=args.engine,
                      ray_address=args.ray_address, options=options)
@@ -184,6 +187,10 @@ def zoo_parser() -> argparse.ArgumentParser:
     k.add_argument("--min-duration", type=float, default=None, help="skip shorter videos (seconds)")
     k.add_argument("--crop-bottom", type=float, default=None,
                    help="cut this fraction off the bottom of each frame (Mannequin: 0.2)")
+    k.add_argument("--retry", action="store_true",
+                   help="videos: when (t, t + 1) overlaps too much, try (t, t + 2) (MIMIC's ArkitScenes loop)")
+    k.add_argument("--rotations", default=None,
+                   help="JSON {video stem: w|a|z|s}: rotate each video's frames; videos not listed are skipped")
     k.add_argument("--multiview", action="store_true",
                    help="inputs are multi-view sets (a sub-folder of views per sample; optional depth + cameras)")
     k.add_argument("--min-sharpness", type=float, default=None, help="multi-view: Laplacian variance filter (1000)")

@@ -293,3 +293,42 @@ def test_mannequin_preset_crops_the_bottom_and_skips_short_videos(video, tmp_pat
                        options=preset_options("mannequin", min_duration=20.0))
     assert long_enough["pairs"] > 0 and too_short["pairs"] == 0
     assert too_short["rejected"] == {"video shorter than 20 s": 1}
+
+
+@pytest.fixture(scope="module")
+def fast_pan(tmp_path_factory):
+    """45 px per second across a real photo: consecutive frames overlap too much (~80 %), frames 2 s apart fall in
+    MIMIC's window (~60 %)."""
+    from skimage import data
+
+    photo = cv2.resize(data.astronaut(), (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    path = tmp_path_factory.mktemp("pan") / "scene_42.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 1.0, (224, 224))
+    for k in range(8):
+        writer.write(cv2.cvtColor(np.ascontiguousarray(photo[500:724, 45 * k:45 * k + 224]), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_arkitscenes_retry_and_rotation_table(fast_pan, tmp_path):
+    from mimzoo.curate import preset_options
+
+    plain = curate([str(fast_pan)], tmp_path / "plain", workers=1, progress=False, options=Options())
+    assert plain["pairs"] == 0 and plain["rejected"] == {"overlap above window": 7}
+    table = tmp_path / "rotations.json"
+    table.write_text(json.dumps({"scene_42": "a"}))
+    out = curate([str(fast_pan)], tmp_path / "ark", workers=1, progress=False,
+                 options=preset_options("arkitscenes", rotations=str(table)))
+    pairs = [json.loads(line) for line in open(tmp_path / "ark" / "pairs.jsonl")]
+    # (0, 1) too close -> (0, 2) kept and frame 1 skipped -> (2, 3) too close -> (2, 4) kept ...
+    assert [(p["frame_a"], p["frame_b"]) for p in pairs] == [(0, 2), (2, 4), (4, 6)]
+    assert all(0.5 < p["overlap"] < 0.75 for p in pairs)
+    # rotated 90 degrees clockwise: the pan now runs downwards, the homography translates along y
+    h = np.array(pairs[0]["homography"])
+    assert abs(h[1, 2]) > 60 and abs(h[0, 2]) < 10
+    table.write_text(json.dumps({"another_video": "w"}))
+    skipped = curate([str(fast_pan)], tmp_path / "skip", workers=1, progress=False,
+                     options=preset_options("arkitscenes", rotations=str(table)))
+    assert skipped["rejected"] == {"not in the rotation table": 1}
+    with pytest.raises(ValueError, match="JSON file"):
+        Options(rotations=str(tmp_path / "apple_rotation.npy"))

@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ..checkpoint import atomic_path
@@ -41,12 +42,18 @@ class Options:
     pick: str = "all"  # "all" accepted pairs, or the "lowest"-overlap accepted pair of each candidate group
     min_duration: float = 0.0  # videos shorter than this (seconds) are skipped
     crop_bottom: float = 0.0  # fraction of each frame's height cut off at the bottom before resizing
+    retry: bool = False  # videos: when (t, t + 1) overlaps too much, try (t, t + 2) (MIMIC's ArkitScenes loop)
+    rotations: str | None = None  # JSON {video stem: "w" | "a" | "z" | "s"}; videos not listed are skipped
 
     def __post_init__(self):
         if self.pick not in ("all", "lowest"):
             raise ValueError(f"pick must be 'all' or 'lowest', got {self.pick!r}")
         if self.folder_mode not in ("offset", "windows", "all"):
             raise ValueError(f"folder_mode must be offset, windows or all; got {self.folder_mode!r}")
+        if self.rotations is not None and (not str(self.rotations).endswith(".json") or
+                                           not Path(self.rotations).is_file()):
+            raise ValueError(f"rotations must be a JSON file {{video stem: w|a|z|s}}, got {self.rotations!r} (see "
+                             f"mimzoo.curate.pipeline.video_rotation for converting MIMIC's apple_rotation.npy)")
         if not 0 <= self.crop_bottom < 1:
             raise ValueError(f"crop_bottom is a fraction of the frame height in [0, 1), got {self.crop_bottom}")
 
@@ -57,8 +64,29 @@ PRESETS = {
     "scannet": {"folder_mode": "windows", "window": 60, "pick": "lowest"},
     "demon": {"folder_mode": "all", "pick": "lowest"},
     "mannequin": {"gap": 1.0, "min_duration": 3.0, "crop_bottom": 0.2},
-    "arkitscenes": {"gap": 1.0, "min_duration": 5.0},
+    "arkitscenes": {"gap": 1.0, "min_duration": 5.0, "retry": True},  # + rotations: its per-video table
 }
+
+
+ROTATIONS = {"w": None, "a": cv2.ROTATE_90_CLOCKWISE, "z": cv2.ROTATE_180, "s": cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+def video_rotation(source: str, table: str | None) -> str | None:
+    """The video's entry in a rotation table (JSON, keyed by file stem); "w" (upright) without a table, None when
+    the table does not list it. MIMIC ships its ArkitScenes table as a pickled .npy: convert it once with
+    `json.dump(numpy.load(path, allow_pickle=True).item(), f)` (only for a file you trust)."""
+    if table is None:
+        return "w"
+    entries = json.loads(Path(table).read_text())
+    code = entries.get(Path(source).stem)
+    if code is not None and code not in ROTATIONS:
+        raise ValueError(f"{table}: rotation {code!r} for {Path(source).stem}; expected one of w, a, z, s")
+    return code
+
+
+def rotate(image: np.ndarray, code: str) -> np.ndarray:
+    """After the resize, as MIMIC's ArkitScenes script: a = 90 degrees clockwise, z = 180, s = 90 counter-clockwise."""
+    return image if ROTATIONS[code] is None else np.ascontiguousarray(cv2.rotate(image, ROTATIONS[code]))
 
 
 def preset_options(name: str, **overrides) -> Options:
@@ -117,15 +145,22 @@ def process(source: str, out: str, opts: Options) -> dict:
         else:
             if not Path(source).is_file():
                 raise ValueError("no such file")
-            if opts.min_duration and video_duration(source) < opts.min_duration:
+            rotation = video_rotation(source, opts.rotations)
+            groups, frames = [], {}
+            if rotation is None:
+                rejected["not in the rotation table"] += 1
+            elif opts.min_duration and video_duration(source) < opts.min_duration:
                 rejected[f"video shorter than {opts.min_duration:g} s"] += 1
-                groups, frames = [], {}
             else:
                 decoded = video_frames(source, opts.gap, opts.crop_bottom)
                 groups = [[p] for p in video_pairs(decoded)]
-                frames = {k: (f.index, f.time, f.image) for k, f in enumerate(decoded)}
+                frames = {k: (f.index, f.time, rotate(f.image, rotation)) for k, f in enumerate(decoded)}
         features = {k: sift(img) for k, (_, _, img) in frames.items()}
-        for a, b, value, m in accepted_pairs(groups, frames, features, opts, rejected):
+        if opts.retry and not Path(source).is_dir() and not opts.multiview:
+            kept = accepted_with_retry(len(frames), frames, features, opts, rejected)
+        else:
+            kept = accepted_pairs(groups, frames, features, opts, rejected)
+        for a, b, value, m in kept:
             (ia, ta, img_a), (ib, tb, img_b) = frames[a], frames[b]
             record = {"source": source, "frame_a": ia, "frame_b": ib, "time_a": ta, "time_b": tb,
                       "overlap": round(value, 6), "homography": m.homography.tolist(),
@@ -146,31 +181,59 @@ def process(source: str, out: str, opts: Options) -> dict:
     return result
 
 
+def check_pair(a: int, b: int, frames: dict, features: dict, opts: Options) -> tuple[str, float, object]:
+    """MIMIC's test of one candidate: ("", overlap, match) when accepted, else (reason, overlap or nan, match)."""
+    if a not in frames or b not in frames:
+        return "undecodable frame", float("nan"), None
+    m = match(features[a], features[b])
+    if m.reason:
+        return m.reason, float("nan"), m
+    value, _ = overlap(m.homography)
+    if not opts.low < value < opts.high:
+        return ("overlap below window" if value <= opts.low else "overlap above window"), value, m
+    return "", value, m
+
+
 def accepted_pairs(groups: list[list[tuple[int, int]]], frames: dict, features: dict, opts: Options,
                    rejected: Counter) -> list[tuple[int, int, float, object]]:
-    """MIMIC's test on every candidate (matches, homography, low < overlap < high), counting each rejection;
-    with pick="lowest" only the accepted pair of least overlap survives in each group (ScanNet, DeMoN)."""
+    """MIMIC's test on every candidate, counting each rejection; with pick="lowest" only the accepted pair of least
+    overlap survives in each group (ScanNet, DeMoN)."""
     kept = []
     for group in groups:
         passed = []
         for a, b in group:
-            if a not in frames or b not in frames:
-                rejected["undecodable frame"] += 1
-                continue
-            m = match(features[a], features[b])
-            if m.reason:
-                rejected[m.reason] += 1
-                continue
-            value, _ = overlap(m.homography)
-            if not opts.low < value < opts.high:
-                rejected["overlap below window" if value <= opts.low else "overlap above window"] += 1
-                continue
-            passed.append((a, b, value, m))
+            why, value, m = check_pair(a, b, frames, features, opts)
+            if why:
+                rejected[why] += 1
+            else:
+                passed.append((a, b, value, m))
         if opts.pick == "lowest" and len(passed) > 1:
             best = min(passed, key=lambda p: p[2])
             rejected["not the lowest overlap of its group"] += len(passed) - 1
             passed = [best]
         kept += passed
+    return kept
+
+
+def accepted_with_retry(count: int, frames: dict, features: dict, opts: Options,
+                        rejected: Counter) -> list[tuple[int, int, float, object]]:
+    """MIMIC's ArkitScenes loop over a video's frames t = 0, 1, 2, ... s: test (t, t + 1); when its overlap is above
+    the window, test (t, t + 2) instead and, if that is kept, skip a frame."""
+    kept, i = [], 0
+    while i < count - 1:
+        why, value, m = check_pair(i, i + 1, frames, features, opts)
+        if not why:
+            kept.append((i, i + 1, value, m))
+        elif why == "overlap above window" and i + 2 < count:
+            why, value, m = check_pair(i, i + 2, frames, features, opts)
+            if not why:
+                kept.append((i, i + 2, value, m))
+                i += 1
+            else:
+                rejected[why] += 1
+        else:
+            rejected[why] += 1
+        i += 1
     return kept
 
 
