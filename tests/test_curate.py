@@ -12,7 +12,7 @@ import pytest
 
 from mimzoo.cli import main as cli
 from mimzoo.curate import Options, curate
-from mimzoo.curate.matching import OFFSETS, overlap, patch_map
+from mimzoo.curate.matching import overlap, patch_map
 from mimzoo.data import read_records
 
 LOW, HIGH = 0.5, 0.75
@@ -33,7 +33,6 @@ def camera(k: int) -> np.ndarray:
 
 def true_overlaps(h: np.ndarray) -> tuple[float, float]:
     """MIMIC's measure on the true homography, over several pixel samplings (it is sensitive to vote ties)."""
-    import mimzoo.curate.matching as m
 
     values = []
     for seed in range(6):
@@ -317,8 +316,8 @@ def test_arkitscenes_retry_and_rotation_table(fast_pan, tmp_path):
     assert plain["pairs"] == 0 and plain["rejected"] == {"overlap above window": 7}
     table = tmp_path / "rotations.json"
     table.write_text(json.dumps({"scene_42": "a"}))
-    out = curate([str(fast_pan)], tmp_path / "ark", workers=1, progress=False,
-                 options=preset_options("arkitscenes", rotations=str(table)))
+    curate([str(fast_pan)], tmp_path / "ark", workers=1, progress=False,
+           options=preset_options("arkitscenes", rotations=str(table)))
     pairs = [json.loads(line) for line in open(tmp_path / "ark" / "pairs.jsonl")]
     # (0, 1) too close -> (0, 2) kept and frame 1 skipped -> (2, 3) too close -> (2, 4) kept ...
     assert [(p["frame_a"], p["frame_b"]) for p in pairs] == [(0, 2), (2, 4), (4, 6)]

@@ -1,6 +1,5 @@
 """Loading local checkpoints: bad input gets a clear error, good input round-trips exactly."""
 import os
-import pickle
 
 import pytest
 import torch

@@ -1,5 +1,4 @@
 """Pair data for cross-view completion: the record format, shards, MIMIC's folders and CSV, the sample pairs."""
-import json
 
 import cv2
 import numpy as np

@@ -211,7 +211,7 @@ def test_relative_boxes_geometry():
     """x2 patch centres mapped through the source image land where SiameseIM's formula puts them in x1's grid."""
     out = TwoCropViews(size=16, color=False)(torch.zeros(64, 3, 90, 120, dtype=torch.uint8), seed=0)
     rel = out.relative_boxes()
-    W, g = 120, 14
+    g = 14
     c = torch.arange(g, dtype=torch.float64) + 0.5
     seen = set()
     for b in range(64):
@@ -234,7 +234,7 @@ def test_relative_boxes_geometry():
 
 def test_relative_boxes_siameseim_parity(parity_dir):
     io = load_io(parity_dir / "siameseim")
-    ijhw, flips, (H, W) = io["crop_boxes"], io["flips"].bool(), io["orig_size"].tolist()
+    ijhw, flips, (_, W) = io["crop_boxes"], io["flips"].bool(), io["orig_size"].tolist()
     i, j, h, w = ijhw.unbind(-1)  # (B, view); j in the (possibly flipped) view's own frame
     x0 = torch.where(flips, W - j - w, j)  # back to the unflipped frame that our boxes use
     boxes = torch.stack([x0, i, x0 + w, i + h], -1)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from .frames import read_frame
-from .matching import GRID, PATCH, SIZE, laplacian_variance, match, overlap, patch_pixels, sift, smaller, vote
+from .matching import SIZE, laplacian_variance, match, overlap, patch_pixels, sift, smaller, vote
 
 
 def load_camera(view: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

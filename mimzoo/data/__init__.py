@@ -11,7 +11,7 @@ from .pairs import (PAIR_KEYS, PairDataModule, PairDataset, PairRecord, find_pai
 from .sample import sample_folder, sample_images
 
 __all__ = ["PairDataModule", "PairDataset", "PairRecord", "PAIR_KEYS", "find_pairs", "read_pair_csv", "read_records",
-           "sample_pairs", "write_pair_shard", "ImageDataModule", "ClassFolderDataModule", "class_folder", "ImageFolderDataset", "ResumableLoader", "EpochShuffle", "collate_images",
+           "sample_pairs", "write_pair_shard", "BaseDataModule", "ImageDataModule", "ClassFolderDataModule", "class_folder", "ImageFolderDataset", "ResumableLoader", "EpochShuffle", "collate_images",
            "list_images", "decode_image", "square_uint8", "CorruptImageError", "CorruptImageWarning",
            "sample_images", "sample_folder"]
 __all__ += ["ADE20K_NUM_CLASSES", "IGNORE_INDEX", "DenseDataModule", "DenseDataset", "DenseSample", "StereoSampleDataset",

@@ -6,7 +6,6 @@ exactly the batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import lightning as L
 import torch

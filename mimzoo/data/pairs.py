@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterable, TypedDict
 
 import numpy as np
-import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset

@@ -6,8 +6,8 @@ from .croco import MIMIC, CroCo, CroCoOutput
 from .finetune import Finetune, layer_decay_groups
 from .mae import MAE, MAEOutput
 
-__all__ = ["Method", "MAE", "MAEOutput", "warmup_cosine", "weight_decay_groups",
-           "pretrainer_from_converted"]
+__all__ = ["Method", "MAE", "MAEOutput", "CroCo", "CroCoOutput", "MIMIC", "Finetune", "layer_decay_groups",
+           "warmup_cosine", "weight_decay_groups", "pretrainer_from_converted"]
 
 
 def _mae_from_converted(config: dict, overrides: dict) -> MAE:

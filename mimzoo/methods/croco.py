@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from ..models.decoders import CrossDecoder, masked_mse, patchify
-from ..models.masking import croco_mask, mae_masking, visible_ids
+from ..models.masking import croco_mask, mae_masking
 from ..views import CroCoPairViews, PairViews
 from .base import Method, build_backbone
 from .pictures import ReconstructionPictures

@@ -13,7 +13,7 @@ from kornia.augmentation.auto import RandAugment
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
-from ..models import IMAGENET_MEAN, IMAGENET_STD, ViT
+from ..models import ViT
 from .base import Augmentation, Method, build_backbone
 
 
