@@ -13,7 +13,6 @@ be decoded gives a None item, warned once and dropped (and counted) by `collate_
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 from collections.abc import Callable
@@ -23,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .datamodule import BaseDataModule
 from .folder import collate_images, list_images, report_corrupt
-from .images import CorruptImageError
+from .images import CorruptImageError, open_image
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
 
@@ -111,22 +110,6 @@ def resize_nearest(array: np.ndarray, size: tuple[int, int], box: Box) -> np.nda
 
 
 # -- decoding -------------------------------------------------------------------------------------------------------
-def open_image(path: Path) -> Image.Image:
-    """Decode fully, so a truncated file fails here as CorruptImageError (the failures `decode_image` maps, which
-    has no variant that keeps the native size and bit depth needed for targets)."""
-    try:
-        data = Path(path).read_bytes()
-        if not data:
-            raise CorruptImageError(str(path), "the file is empty (0 bytes)")
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return image
-    except CorruptImageError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise CorruptImageError(str(path), f"{type(e).__name__}: {e}") from e
-
-
 def read_uint16(path: Path) -> np.ndarray:
     """A 16-bit single-channel PNG as float32; an 8-bit file here would silently give depths 256x too small."""
     image = open_image(path)

@@ -31,17 +31,23 @@ def square_uint8(image: Image.Image | np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def decode_image(source: bytes | str | Path, size: int, name: str | None = None) -> torch.Tensor:
-    """Decode fully (so truncation is caught here, not later) and make it (3, size, size) uint8."""
+def open_image(source: bytes | str | Path, name: str | None = None) -> Image.Image:
+    """Decode fully (so truncation is caught here, not later), keeping the native size and mode (16-bit depth,
+    palette labels); any decoding failure becomes a CorruptImageError naming the file."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
         if not data:
             raise CorruptImageError(label, "the file is empty (0 bytes)")
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return square_uint8(image, size)
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
     except CorruptImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise CorruptImageError(label, f"{type(e).__name__}: {e}") from e
+
+
+def decode_image(source: bytes | str | Path, size: int, name: str | None = None) -> torch.Tensor:
+    """Decode fully and make it (3, size, size) uint8."""
+    return square_uint8(open_image(source, name), size)

@@ -22,6 +22,16 @@ def build_backbone(backbone: str | dict, backbone_kwargs: dict | None = None) ->
     return create_vit(backbone, **(backbone_kwargs or {}))
 
 
+def pretrained_or_built(backbone: str | dict, backbone_kwargs: dict | None, pretrained: str | None,
+                        **load_kwargs) -> ViT:
+    """`pretrained` weights through `mimzoo.load` when given, else the architecture `backbone` (random init)."""
+    if pretrained is None:
+        return build_backbone(backbone, backbone_kwargs)
+    from ..loading import load
+
+    return load(pretrained, **load_kwargs)
+
+
 class Augmentation(nn.Module):
     """Holds an augmentation pipeline outside the state dict and the optimizer: Kornia's RandAugment carries
     (learnable) policy parameters that are not model weights and would break strict checkpoint loading.

@@ -14,7 +14,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 from ..models import ViT
-from .base import Augmentation, Method, build_backbone
+from .base import Augmentation, Method, pretrained_or_built
 
 
 def layer_id(name: str, num_layers: int) -> int:
@@ -64,6 +64,13 @@ def classifier_backbone(backbone: ViT, num_classes: int, drop_path_rate: float, 
     torch.nn.init.trunc_normal_(vit.head.weight, std=2e-5)
     torch.nn.init.zeros_(vit.head.bias)
     return vit
+
+
+def eval_views(image_size: int, mean, std) -> Augmentation:
+    """MAE's evaluation transform on the device: resize the short side to image_size / 0.875 (bicubic), centre
+    crop image_size (256 -> 224), normalise."""
+    return Augmentation(torch.nn.Sequential(K.Resize(int(image_size / 0.875), resample="bicubic", side="short"),
+                                            K.CenterCrop(image_size), K.Normalize(torch.tensor(mean), torch.tensor(std))))
 
 
 class Classifier(Method):
@@ -121,12 +128,7 @@ class Finetune(Classifier):
     ):
         super().__init__()
         self.save_hyperparameters()
-        if pretrained is not None:
-            from ..loading import load
-
-            encoder = load(pretrained)
-        else:
-            encoder = build_backbone(backbone, backbone_kwargs)
+        encoder = pretrained_or_built(backbone, backbone_kwargs, pretrained)
         self.backbone = classifier_backbone(encoder, num_classes, drop_path_rate, global_pool)
         mean, std = self.backbone.data_config["mean"], self.backbone.data_config["std"]
         steps = [K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0), resample="bicubic"),
@@ -136,9 +138,8 @@ class Finetune(Classifier):
         steps.append(K.Normalize(torch.tensor(mean), torch.tensor(std)))
         if reprob > 0:
             steps.append(K.RandomErasing(p=reprob, value=0.0))
-        self.setup_classification(num_classes, Augmentation(K.AugmentationSequential(*steps)), Augmentation(
-            torch.nn.Sequential(K.Resize(int(image_size / 0.875), resample="bicubic", side="short"),
-                                K.CenterCrop(image_size), K.Normalize(torch.tensor(mean), torch.tensor(std)))))
+        self.setup_classification(num_classes, Augmentation(K.AugmentationSequential(*steps)),
+                                  eval_views(image_size, mean, std))
         self.mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing,
                            num_classes=num_classes) if mixup > 0 or cutmix > 0 else None
         self.train_loss = SoftTargetCrossEntropy()

@@ -3,7 +3,6 @@ or DPT head, a frozen or fine-tuned backbone and layer-wise lr decay (the MultiM
 from __future__ import annotations
 
 import math
-import re
 
 import kornia.augmentation as K
 import torch
@@ -11,17 +10,17 @@ import torch.nn.functional as F
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+from ..data.dense import IGNORE_INDEX
 from ..methods.base import Augmentation, Method, build_backbone, weight_decay_groups
 from ..methods.finetune import layer_decay_groups
 from ..methods.pictures import save_epoch_picture
-from ..models import ViT
+from ..models import ViT, arch_config
 from .colorize import dense_grid
 from .convnext_head import ConvNeXtAdapterHead
 from .heads import DPTHead, LinearHead, default_hooks
 from .metrics import DepthMetrics, SurfaceNormalMetrics
 
 TASKS = {"depth": ("depth", 1), "segmentation": ("mask", None), "normals": ("normal", 3)}
-IGNORE_INDEX = 255
 
 
 def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -90,7 +89,11 @@ def segmentation_metrics(num_classes: int) -> MetricCollection:
 
 
 def is_arch_name(name: str) -> bool:
-    return bool(re.fullmatch(r"vit_[a-z0-9]+_patch\d+(_\d+)?", name))
+    try:
+        arch_config(name)
+    except ValueError:
+        return False
+    return True
 
 
 def dense_backbone(backbone: str | dict, image_size: int, drop_path_rate: float,

@@ -93,11 +93,9 @@ class DPTHead(nn.Module):
         if len(features) != 4:
             raise ValueError(f"DPT needs 4 token maps (hooks), got {len(features)}")
         layers = [p(r(f)) for f, r, p in zip(features, self.reassemble, self.project)]
-        x = None
-        for i in (3, 2, 1, 0):
-            skip = layers[i] if x is not None else None
-            up = layers[i - 1].shape[-2:] if i > 0 else tuple(2 * s for s in layers[0].shape[-2:])
-            x = self.fusion[i](x if x is not None else layers[i], skip, up)
+        x = self.fusion[3](layers[3], None, layers[2].shape[-2:])
+        for i in (2, 1, 0):
+            x = self.fusion[i](x, layers[i], layers[i - 1].shape[-2:] if i else tuple(2 * s for s in layers[0].shape[-2:]))
         out = self.head(x)
         return out if out.shape[-2:] == tuple(size) else F.interpolate(out, size=size, mode="bilinear",
                                                                          align_corners=False)

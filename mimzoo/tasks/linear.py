@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from timm.optim import Lars
 from torch import nn
 
-from ..methods.base import Augmentation, build_backbone, warmup_cosine
-from ..methods.finetune import Classifier
+from ..methods.base import Augmentation, pretrained_or_built, warmup_cosine
+from ..methods.finetune import Classifier, eval_views
 from ..models import ViT
 from .features import pooled
 
@@ -109,14 +109,11 @@ class ProbeHead(nn.Module):
 
 def probe_views(image_size: int, mean, std) -> tuple[Augmentation, Augmentation]:
     """(train, eval) Kornia pipelines on float images in [0, 1]: RandomResizedCrop(scale 0.08-1, bicubic) + flip,
-    and resize to image_size / 0.875 + centre crop (256 -> 224)."""
-    norm = K.Normalize(torch.tensor(mean), torch.tensor(std))
+    and MAE's evaluation transform (`eval_views`)."""
     train = K.AugmentationSequential(
         K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0), resample="bicubic"),
-        K.RandomHorizontalFlip(), norm)
-    evaluation = nn.Sequential(K.Resize(int(image_size / 0.875), resample="bicubic", side="short"),
-                               K.CenterCrop(image_size), norm)
-    return Augmentation(train), Augmentation(evaluation)
+        K.RandomHorizontalFlip(), K.Normalize(torch.tensor(mean), torch.tensor(std)))
+    return Augmentation(train), eval_views(image_size, mean, std)
 
 
 class LinearProbe(Classifier):
@@ -157,12 +154,7 @@ class LinearProbe(Classifier):
         self.save_hyperparameters()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if pretrained is not None:
-            from ..loading import load
-
-            encoder = load(pretrained, img_size=image_size)
-        else:
-            encoder = build_backbone(backbone, backbone_kwargs)
+        encoder = pretrained_or_built(backbone, backbone_kwargs, pretrained, img_size=image_size)
         if pooling == "cls" and not encoder.num_prefix_tokens:
             raise ValueError("this backbone has no cls token: use pooling='avg'")
         self.backbone: ViT = encoder.requires_grad_(False).eval()

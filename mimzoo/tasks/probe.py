@@ -46,7 +46,7 @@ def load_probed(model) -> torch.nn.Module:
 
     if isinstance(model, torch.nn.Module):
         return model
-    return load(model, num_classes=0) if not str(model).endswith(".ckpt") else load(model)
+    return load(model, num_classes=0)  # features, not the logits of a fine-tuned classifier
 
 
 def feature_sets(model, data: str, poolings: Sequence[str], batch_size: int = 128, workers: int = 4,
