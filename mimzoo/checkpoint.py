@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import pickle
@@ -12,14 +13,21 @@ from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import ConfigError, Error, NotFoundError
 
 # What official training scripts put beside the weights (MAE/CroCo/SiameseIM save their argparse args; runs
 # launched through submitit store paths). Plain containers and tensors need no allow-listing.
 SAFE_GLOBALS = [argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath]
 
 
-class CheckpointReadError(ValueError):
-    pass
+class CheckpointReadError(Error, ValueError):
+    """A file that is not a readable checkpoint (empty, truncated, another kind of file, or an unsafe pickle)."""
+
+
+class IncompatibleWeightsError(Error, ValueError):
+    """Weights whose keys or shapes do not fit the model they are loaded into."""
 
 
 def read(path: str | os.PathLike) -> Any:
@@ -27,7 +35,7 @@ def read(path: str | os.PathLike) -> Any:
     need). A pickle that asks for anything else, e.g. a `__reduce__` that would run code, is refused."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise NotFoundError(f"no checkpoint file at {path}")
     if path.stat().st_size == 0:
         raise CheckpointReadError(f"{path} is empty (0 bytes): an interrupted download or copy; fetch it again")
     if path.suffix == ".safetensors":
@@ -78,3 +86,76 @@ def write_safetensors(state_dict: dict[str, torch.Tensor], dst: str | os.PathLik
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     with atomic_path(dst) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """load_state_dict(strict=True) with errors that name every missing/unexpected key and every shape clash."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+    if shapes:
+        problems.append("shape mismatch " + "; ".join(shapes[:10]))
+    if problems:
+        raise IncompatibleWeightsError(
+            f"the {what} weights do not fit {type(module).__name__}: " + " | ".join(problems)
+            + ". Check that the checkpoint and the requested architecture/overrides match.")
+    module.load_state_dict(state_dict, strict=True)
+
+
+def part(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under `prefix.` with the prefix removed (`part(sd, "backbone")` -> the ViT's own keys)."""
+    start = prefix + "."
+    return {k[len(start):]: v for k, v in state_dict.items() if k.startswith(start)}
+
+
+# -- the mimzoo folder format ---------------------------------------------------------------------------------------
+# One writer and one reader for `mimzoo convert`, `ViT.save_pretrained` and `Method.save_pretrained`; the schema is
+# docs/loading.md "The folder format". config.json: {"format": "mimzoo", "backbone": ViT kwargs, + the other parts'
+# configs and, for methods, "method" / "hyper_parameters"}; model.safetensors: "backbone.*" and each part's tensors.
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+def write_folder(folder: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:
+    """config.json + model.safetensors (huggingface_hub's layout), each written atomically; returns the folder."""
+    if "backbone" not in config:
+        raise ConfigError("a mimzoo folder's config needs the 'backbone' ViT config")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_safetensors(state_dict, folder / WEIGHTS_FILE, metadata={"format": "pt"})
+    with atomic_path(folder / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps({**config, "format": "mimzoo"}, indent=2, default=_json_default))
+    return folder
+
+
+def read_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, state dict) of a mimzoo folder. Folders written before the format had a "backbone" entry (a bare
+    ViT config and un-prefixed keys) are read as a backbone."""
+    folder = Path(folder)
+    cfg_file, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not (cfg_file.is_file() and weights.is_file()):
+        raise NotFoundError(f"{folder} is not a mimzoo checkpoint folder: expected {CONFIG_FILE} and {WEIGHTS_FILE} "
+                            f"in it")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointReadError(f"{cfg_file} is not valid JSON ({e}); it may be truncated") from e
+    state_dict = read(weights)
+    if "backbone" not in config:
+        return ({"format": "mimzoo", "contents": "encoder", "backbone": config},
+                {f"backbone.{k}": v for k, v in state_dict.items()})
+    return config, state_dict
+
+
+def _json_default(value):
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

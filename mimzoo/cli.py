@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from .errors import ConfigError, Error
 
 LIGHTNING = ("fit", "validate", "test", "predict")
 
@@ -28,15 +29,15 @@ def zoo_markdown(rows: list[tuple[str, ...]]) -> str:
 
 
 def cmd_models(args) -> int:
-    from . import hub
+    from . import zoo
 
-    names = hub.list_models(args.pattern)
+    names = zoo.list_models(args.pattern)
     if not names:
         print(f"no model matches {args.pattern!r}; `mimzoo models` lists all", file=sys.stderr)
         return 1
     rows = [("name", "method", "arch", "pretrain data", "licence", "reported")]
     for n in names:
-        e = hub.registry()[n]
+        e = zoo.registry()[n]
         if "alias_of" in e:
             rows.append((n, f"= {e['alias_of']}", "", "", "", ""))
             continue
@@ -54,15 +55,14 @@ def cmd_models(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from . import hub
-
-    from .loading import _from_hub
+    from . import zoo
+    from .loading import hub_folder
 
     for name in args.names:
         if name.startswith("hf-hub:"):
-            path = _from_hub(name[len("hf-hub:"):], args.cache_dir)
+            path = hub_folder(name[len("hf-hub:"):], args.cache_dir)
         else:
-            path, _ = hub.fetch(name, cache_dir=args.cache_dir, progress=not args.quiet)
+            path, _ = zoo.fetch(name, cache_dir=args.cache_dir, progress=not args.quiet)
         print(f"{name}: {path}")
     return 0
 
@@ -70,22 +70,13 @@ def cmd_download(args) -> int:
 def cmd_convert(args) -> int:
     from . import checkpoint, loading
 
-    hints = {k: v for k, v in (("num_heads", args.num_heads), ("decoder_num_heads", args.decoder_num_heads)) if v}
-    src = args.src
-    if not Path(src).exists():
-        from . import hub
-
-        src, e = hub.fetch(src, cache_dir=args.cache_dir)
-        args.format = args.format or e.get("format")
-    config, state_dict = loading.read_converted(src, format=args.format, **hints)
-    loading.backbone_from_converted(config, state_dict)  # proves the weights build a backbone before writing
-    dst = Path(args.dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_safetensors(state_dict, dst / "model.safetensors", metadata={"format": "pt"})
-    with checkpoint.atomic_path(dst / "config.json") as tmp:
-        tmp.write_text(json.dumps(config, indent=2, default=str))
-    print(f"wrote {dst}/config.json and {dst}/model.safetensors ({len(state_dict)} tensors, "
-          f"{config['format']} -> mimzoo); load it with mimzoo.load({str(dst)!r})")
+    converted = loading.read(args.src, format=args.format, cache_dir=args.cache_dir, num_heads=args.num_heads,
+                             decoder_num_heads=args.decoder_num_heads)
+    loading.backbone(converted)  # proves the weights build a backbone before anything is written
+    config = {**converted.config, "source_format": converted.config.get("format")}
+    dst = checkpoint.write_folder(args.dst, config, converted.state_dict)
+    print(f"wrote {dst}/config.json and {dst}/model.safetensors ({len(converted.state_dict)} tensors, "
+          f"{config['source_format']} -> mimzoo); load it with mimzoo.load({str(dst)!r})")
     return 0
 
 
@@ -101,7 +92,7 @@ def cmd_curate(args) -> int:
         return 0
 
     if not args.out:
-        raise ValueError("--out is required: the folder that receives shards/, pairs.jsonl and summary.json")
+        raise ConfigError("--out is required: the folder that receives shards/, pairs.jsonl and summary.json")
     fields = {f: getattr(args, f) for f in ("low", "high", "gap", "folder_step", "folder_offset", "min_sharpness",
                                              "folder_mode", "window", "pick", "min_duration", "crop_bottom",
                                              "rotations")}
@@ -135,7 +126,7 @@ def cmd_probe(args) -> int:
         result = probe.linear_probe(args.model, args.data, epochs=args.epochs or 90, lr=lr, probe_batch_size=batch, warmup_epochs=args.warmup_epochs,
                                     seed=args.seed, **common)
     else:
-        result = probe.lowshot_probe(args.model, args.data, shots=args.shots, seeds=args.seeds, lambd=args.lambd,
+        result = probe.fewshot_probe(args.model, args.data, shots=args.shots, seeds=args.seeds, lambd=args.lambd,
                                      preprocess_test=args.preprocess_test, **common)
         if not args.quiet:  # the human summary on stderr keeps stdout one JSON document
             for k in args.shots:
@@ -257,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = zoo_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except Error as e:  # a user's mistake or a failed download: one line, no traceback
         print(f"mimzoo {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -22,13 +22,15 @@ from huggingface_hub.errors import (EntryNotFoundError, FileMetadataError, Gated
                                     OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
 from tqdm.auto import tqdm
 
+from .errors import ConfigError, Error
+
 TIMEOUT = 30  # seconds per connect/read; a stalled host fails instead of hanging a training job
 CHUNK = 1 << 20
 GDRIVE = "https://drive.usercontent.google.com"
 
 
-class DownloadError(RuntimeError):
-    pass
+class DownloadError(Error, RuntimeError):
+    """A file that could not be fetched or verified: the message names the file, the source and what to do."""
 
 
 class ChecksumError(DownloadError):
@@ -44,17 +46,17 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(override or os.environ.get("MIMZOO_CACHE") or huggingface_hub.constants.HF_HUB_CACHE).expanduser()
 
 
-_cache_root = cache_dir  # fetch()'s cache_dir argument shadows the function
+_cache_root = cache_dir  # fetch_source()'s cache_dir argument shadows the function
 
 
-def fetch(source: dict, *, sha256: str | None = None, cache_dir: str | os.PathLike | None = None,
+def fetch_source(source: dict, *, sha256: str | None = None, cache_dir: str | os.PathLike | None = None,
           progress: bool = True, name: str | None = None) -> Path:
     """A local, verified copy of `source`: {"hf": {"repo", "filename", "revision"}}, {"url": ...} or
     {"gdrive": {"id", "filename"?}}. `name` (the zoo name) only makes error messages actionable."""
     root = _cache_root(cache_dir)
     kinds = [k for k in ("hf", "url", "gdrive") if k in source]
     if len(kinds) != 1 or len(source) != 1:
-        raise ValueError(f"a download source is exactly one of {{'hf': {{...}}}}, {{'url': ...}}, "
+        raise ConfigError(f"a download source is exactly one of {{'hf': {{...}}}}, {{'url': ...}}, "
                          f"{{'gdrive': {{'id': ...}}}}; got {source!r}")
     if "hf" in source:
         return _fetch_hf(source["hf"], root, sha256, progress, name)

@@ -1,86 +1,99 @@
-"""`mimzoo.load`: any supported checkpoint -> a ready backbone (or, with model="pretrainer", the method)."""
+"""The loading layer: any supported checkpoint -> `Converted` (config + state dict in mimzoo's names), and the one
+place a backbone comes from (`backbone_for`: weights, or an architecture at random init).
+
+Sources: a zoo name (checkpoints.yaml; its recorded facts fill what the file does not say), a local upstream file
+(format detected from the keys), a mimzoo folder, a Lightning checkpoint written by a mimzoo method, or
+`hf-hub:org/repo[@revision]`. Nothing downloads unless the source names a download.
+"""
 from __future__ import annotations
 
-import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from . import checkpoint, convert, hub
-from .models import ViT
+from . import checkpoint, convert, zoo
+from .errors import ConfigError
+from .models import ViT, arch_config
 
-# load() keyword arguments, by what they do
+# arguments of a backbone, by what they do
 HINTS = {"num_heads", "decoder_num_heads"}  # structure the weights cannot show
-CONSTRUCTOR = {"drop_path_rate", "global_pool", "dynamic_img_size"}  # change behaviour, not weights
-AFTER = {"img_size", "num_classes"}  # applied to the loaded model (pos-embed resampling, new head)
+BEHAVIOUR = {"drop_path_rate", "global_pool", "dynamic_img_size", "mean", "std", "freeze_patch_embed"}  # not weights
+AFTER = {"img_size", "num_classes"}  # applied to the loaded model: position table resampled, classifier replaced
+
+# what a zoo entry records that changes behaviour and that the file itself may not say
+ZOO_TARGETS = {"norm_pix": True, "pixel": False, "pixel+gan": False}  # -> norm_pix_loss
+ZOO_POOLING = {"cls": "token", "avg": "avg"}  # -> the backbone's global_pool (the feature the paper probes)
 
 
-class IncompatibleWeightsError(ValueError):
-    pass
+@dataclass
+class Converted:
+    """A checkpoint in mimzoo's names: `config` (see docs/loading.md "The folder format") and a state dict whose
+    keys start with the part they belong to (`backbone.`, `decoder.`, ...); `source` is what the user named."""
+
+    config: dict
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    source: str = "checkpoint"
+
+    def parts(self) -> list[str]:
+        """The top-level parts the file holds tensors for, in order."""
+        return list(dict.fromkeys(k.split(".", 1)[0] for k in self.state_dict))
+
+    def part(self, name: str) -> dict[str, torch.Tensor]:
+        return checkpoint.part(self.state_dict, name)
+
+    def fact(self, name: str):
+        """A value the file records (an upstream converter's field, or a mimzoo method's saved hyper-parameter);
+        None when it says nothing."""
+        if self.config.get(name) is not None:
+            return self.config[name]
+        return (self.config.get("hyper_parameters") or {}).get(name)
 
 
-def load(name_or_path: str | os.PathLike, *, model: str = "backbone", format: str | None = None,
-         cache_dir: str | None = None, progress: bool = True, **overrides) -> nn.Module:
-    """Load a zoo name, a local file or directory, or `hf-hub:org/repo[@revision]`.
-
-    model="backbone" gives a `mimzoo.models.ViT`; model="pretrainer" the method's LightningModule with its
-    decoder and heads. Overrides: num_heads / decoder_num_heads (when the weights cannot tell), drop_path_rate,
-    global_pool, dynamic_img_size, img_size (resamples the position table), num_classes (0 drops a classifier).
-    """
-    if model not in ("backbone", "pretrainer"):
-        raise ValueError(f"model must be 'backbone' or 'pretrainer', got {model!r}")
-    unknown = set(overrides) - HINTS - CONSTRUCTOR - AFTER
-    if unknown:
-        raise TypeError(f"unknown override(s) {sorted(unknown)}; allowed: {sorted(HINTS | CONSTRUCTOR | AFTER)}")
+def read(name_or_path: str | os.PathLike | Converted, *, format: str | None = None, cache_dir: str | None = None,
+         progress: bool = True, num_heads: int | None = None, decoder_num_heads: int | None = None) -> Converted:
+    """Resolve and convert: a Converted passes through; `hf-hub:`, an existing path, else a zoo name."""
+    if isinstance(name_or_path, Converted):
+        return name_or_path
     source = str(name_or_path)
+    hints = {"num_heads": num_heads, "decoder_num_heads": decoder_num_heads}
+    entry = None
     if source.startswith("hf-hub:"):
-        path = _from_hub(source[len("hf-hub:"):], cache_dir)
+        path = hub_folder(source[len("hf-hub:"):], cache_dir)
     elif Path(source).expanduser().exists():
         path = Path(source).expanduser()
     else:
-        path, e = hub.fetch(source, cache_dir=cache_dir, progress=progress)
-        format = format or e.get("format")
+        path, entry = zoo.fetch(source, cache_dir=cache_dir, progress=progress)
+        format = format or entry.get("format")
         # the zoo records head counts, which the weights cannot show
-        overrides.setdefault("num_heads", e.get("num_heads"))
-        overrides.setdefault("decoder_num_heads", (e.get("decoder") or {}).get("num_heads"))
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-    config, state_dict = read_converted(path, format=format, **{k: overrides[k] for k in HINTS & set(overrides)})
-    if model == "pretrainer":
-        from .methods import pretrainer_from_converted
-
-        return pretrainer_from_converted(config, state_dict, **overrides)
-    return backbone_from_converted(config, state_dict, **overrides)
+        hints["num_heads"] = hints["num_heads"] or entry.get("num_heads")
+        hints["decoder_num_heads"] = hints["decoder_num_heads"] or (entry.get("decoder") or {}).get("num_heads")
+    config, state_dict = read_file(path, format=format, **{k: v for k, v in hints.items() if v})
+    if entry is not None:
+        config = with_zoo_facts(config, entry)
+    return Converted(config, state_dict, source)
 
 
-def _from_hub(spec: str, cache_dir: str | None) -> Path:
+def hub_folder(spec: str, cache_dir: str | None = None) -> Path:
     """hf-hub:org/repo[@rev] -> a local folder holding config.json and model.safetensors."""
     from . import download
 
     repo, _, revision = spec.partition("@")
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
-        raise ValueError(f"expected hf-hub:org/repo[@revision], got hf-hub:{spec}")
-    files = [download.fetch({"hf": {"repo": repo, "filename": f, "revision": revision or "main"}},
-                            cache_dir=cache_dir, name=f"hf-hub:{spec}")
-             for f in ("config.json", "model.safetensors")]
+        raise ConfigError(f"expected hf-hub:org/repo[@revision], got hf-hub:{spec}")
+    files = [download.fetch_source({"hf": {"repo": repo, "filename": f, "revision": revision or "main"}},
+                                   cache_dir=cache_dir, name=f"hf-hub:{spec}")
+             for f in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE)]
     return files[0].parent
 
 
-def read_converted(path: str | os.PathLike, format: str | None = None, **hints) -> tuple[dict, dict]:
-    """(config, state dict in mimzoo names) of a mimzoo folder/file, a Lightning checkpoint or an upstream file."""
+def read_file(path: str | os.PathLike, format: str | None = None, **hints) -> tuple[dict, dict]:
+    """(config, state dict in mimzoo names) of a mimzoo folder, a Lightning checkpoint or an upstream file."""
     path = Path(path)
     if path.is_dir():
-        cfg_file, weights = path / "config.json", path / "model.safetensors"
-        if not (cfg_file.is_file() and weights.is_file()):
-            raise FileNotFoundError(f"{path} is not a mimzoo checkpoint folder: expected config.json and "
-                                    f"model.safetensors in it")
-        config = json.loads(cfg_file.read_text())
-        state_dict = checkpoint.read(weights)
-        if "backbone" not in config:  # a bare ViT.save_pretrained folder
-            return {"format": "mimzoo", "backbone": config}, {f"backbone.{k}": v for k, v in state_dict.items()}
-        return config, state_dict
+        return checkpoint.read_folder(path)
     obj = checkpoint.read(path)
     if isinstance(obj, dict) and "pytorch-lightning_version" in obj:
         return _from_lightning(obj, path)
@@ -97,35 +110,102 @@ def _from_lightning(obj: dict, path: Path) -> tuple[dict, dict]:
     return {"format": "lightning", **info}, obj["state_dict"]
 
 
-def backbone_from_converted(config: dict, state_dict: dict, **overrides) -> ViT:
-    kwargs = dict(config["backbone"])
-    kwargs.update({k: overrides[k] for k in CONSTRUCTOR & set(overrides)})
+def with_zoo_facts(config: dict, entry: dict) -> dict:
+    """The zoo entry's facts where the file says nothing: `targets` -> norm_pix_loss, `pooling` -> the backbone's
+    pooled feature, `mean`/`std` -> its normalisation. The file's own values always win over the zoo's."""
+    config = {**config, "zoo": entry["name"], "backbone": dict(config["backbone"])}
+    if config.get("norm_pix_loss") is None and entry.get("targets") in ZOO_TARGETS:
+        config["norm_pix_loss"] = ZOO_TARGETS[entry["targets"]]
+    backbone = config["backbone"]
+    if entry.get("pooling") in ZOO_POOLING and not backbone.get("num_classes"):  # a classifier pools as it was trained
+        pool = ZOO_POOLING[entry["pooling"]]
+        backbone["global_pool"] = pool if backbone.get("class_token", True) or pool == "avg" else "avg"
+    for key in ("mean", "std"):
+        if entry.get(key):
+            backbone[key] = list(entry[key])
+    return config
+
+
+# -- backbones ------------------------------------------------------------------------------------------------------
+def backbone_config(backbone: str | dict, backbone_kwargs: dict | None = None) -> dict:
+    """ViT kwargs of an architecture name (timm-style, `vit_base_patch16`) or a config dict, plus overrides."""
+    if isinstance(backbone, dict):
+        return {**backbone, **(backbone_kwargs or {})}
+    if not isinstance(backbone, str):
+        raise ConfigError(f"backbone must be an architecture name or a ViT config dict, got {backbone!r}")
+    try:
+        return {**arch_config(backbone), **(backbone_kwargs or {})}
+    except ValueError:
+        if backbone in zoo.registry() or Path(backbone).exists() or backbone.startswith("hf-hub:"):
+            raise ConfigError(f"backbone={backbone!r} names a checkpoint, not an architecture: pass it as "
+                              f"weights={backbone!r} (the architecture then comes from the file)") from None
+        raise
+
+
+def build(config: dict, state_dict: dict[str, torch.Tensor] | None = None, *, what: str = "checkpoint",
+          **overrides) -> ViT:
+    """A ViT from its config (+ `BEHAVIOUR` overrides), strictly loaded with `state_dict` (ViT keys) when given,
+    then `img_size` (resampled position table / rebuilt RoPE) and `num_classes` (a new classifier) applied."""
+    unknown = set(overrides) - BEHAVIOUR - AFTER
+    if unknown:
+        raise ConfigError(f"unknown backbone override(s) {sorted(unknown)}; allowed: {sorted(BEHAVIOUR | AFTER)}")
+    kwargs = {**config, **{k: v for k, v in overrides.items() if k in BEHAVIOUR}}
     vit = ViT(**kwargs)
-    weights = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-    load_strict(vit, weights, what=config.get("format", "checkpoint"))
-    if "img_size" in overrides and overrides["img_size"] != kwargs.get("img_size"):
+    if state_dict is not None:
+        checkpoint.load_strict(vit, state_dict, what=what)
+    if overrides.get("img_size") is not None and overrides["img_size"] != kwargs.get("img_size"):
         vit.set_input_size(img_size=overrides["img_size"])
-    if "num_classes" in overrides:
+    if overrides.get("num_classes") is not None and overrides["num_classes"] != kwargs.get("num_classes", 0):
         vit.reset_classifier(overrides["num_classes"])
-    return vit.eval()
+        vit._hub_mixin_config["num_classes"] = overrides["num_classes"]
+    return vit
 
 
-def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
-    """load_state_dict(strict=True) with errors that name every missing/unexpected key and every shape clash."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
-    if shapes:
-        problems.append("shape mismatch " + "; ".join(shapes[:10]))
-    if problems:
-        raise IncompatibleWeightsError(
-            f"the {what} weights do not fit {type(module).__name__}: " + " | ".join(problems)
-            + ". Check that the checkpoint and the requested architecture/overrides match.")
-    module.load_state_dict(state_dict, strict=True)
+def backbone(converted: Converted, **overrides) -> ViT:
+    """The backbone a converted file holds, in eval mode (what `mimzoo.load(..., model="backbone")` returns)."""
+    return build(converted.config["backbone"], converted.part("backbone"),
+                 what=converted.config.get("format", "checkpoint"), **overrides).eval()
+
+
+def backbone_for(backbone: str | dict | None = None, backbone_kwargs: dict | None = None,
+                 weights: str | os.PathLike | Converted | None = None, *, default: str = "vit_base_patch16",
+                 defaults: dict | None = None, **overrides) -> tuple[ViT, Converted | None]:
+    """The backbone of a method, and the converted file it came from (None at random init).
+
+    Args:
+        backbone: architecture name or ViT config dict; None = the file's with `weights`, else `default`.
+        backbone_kwargs: ViT arguments. With `weights`, architecture keys must agree with the file (a clash is an
+            error); `BEHAVIOUR` and `AFTER` keys (drop path, pooling, img_size, ...) are applied over it.
+        weights: a zoo name, a path in any supported format, `hf-hub:org/repo`, or an already read `Converted`.
+        default / defaults: the method's architecture and ViT arguments when built without weights.
+        overrides: `BEHAVIOUR` / `AFTER` values the method itself sets (e.g. a fine-tuning resolution).
+    """
+    kwargs = dict(backbone_kwargs or {})
+    settable = {k: kwargs.pop(k) for k in list(kwargs) if k in BEHAVIOUR | AFTER}
+    settable.update({k: v for k, v in overrides.items() if v is not None})
+    if weights is None:
+        config = backbone_config(backbone or default, {**(defaults or {}), **kwargs})
+        img_size = settable.pop("img_size", None)
+        if img_size is not None:
+            config["img_size"] = img_size
+        return build(config, **settable), None
+    converted = read(weights, num_heads=kwargs.get("num_heads"))
+    config = converted.config["backbone"]
+    asked = backbone_config(backbone, kwargs) if backbone is not None else kwargs
+    clash = {k: (v, config.get(k)) for k, v in asked.items()
+             if k not in BEHAVIOUR | AFTER and config.get(k, _absent) != v and not _same(config.get(k), v)}
+    if clash:
+        said = ", ".join(f"{k}={v!r} (the file has {f!r})" for k, (v, f) in clash.items())
+        raise ConfigError(f"{said} contradicts the architecture of {converted.source}: with weights the file "
+                          f"decides the architecture; drop the argument or choose other weights")
+    return build(config, converted.part("backbone"), what=str(converted.source), **settable), converted
+
+
+_absent = object()
+
+
+def _same(a, b) -> bool:
+    """Equal up to list/tuple (JSON gives lists where configs hold tuples)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return False

@@ -37,7 +37,7 @@ from torch import nn
 from .models import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Views", "Pair", "TwoViews", "RelativeBoxes", "MAEViews", "PairViews", "CroCoPairViews", "TwoCropViews",
-           "relative_boxes"]
+           "EvalView", "Augmentation", "mae_eval_crop", "relative_boxes"]
 
 
 @dataclass
@@ -95,6 +95,52 @@ def relative_boxes(boxes1: torch.Tensor, boxes2: torch.Tensor, flipped1: torch.T
                          (width - j1 - j2) / w1)
 
 
+def mae_eval_crop(size: int, interpolation: str = "bicubic") -> tuple[K.Resize, K.CenterCrop]:
+    """MAE's evaluation transform (every method's validation view and the classifiers' evaluation): resize the
+    shorter side to int(size / 0.875) (256 for 224), antialiased as PIL resizes, then centre crop `size`."""
+    return (K.Resize(int(size / 0.875), side="short", resample=interpolation, align_corners=False, antialias=True),
+            K.CenterCrop(size))
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [0, 1]; float input is taken as already in [0, 1]."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
+class EvalView(nn.Module):
+    """MAE's evaluation transform as one module: uint8 (or [0, 1] float) images -> resized, centre-cropped,
+    normalised float32 images. Deterministic in train and eval mode alike."""
+
+    def __init__(self, size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = "bicubic"):
+        super().__init__()
+        self.resize, self.center = mae_eval_crop(size, interpolation)
+        self.normalize = K.Normalize(torch.tensor(tuple(mean)), torch.tensor(tuple(std)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.center(self.resize(to_float(images))).clamp(0, 1)).float()
+
+
+class Augmentation(nn.Module):
+    """Holds an augmentation pipeline outside the state dict and the optimizer: Kornia's RandAugment carries
+    (learnable) policy parameters that are not model weights and would break strict checkpoint loading.
+    Device moves and train/eval still reach it."""
+
+    def __init__(self, pipeline: nn.Module):
+        super().__init__()
+        self.__dict__["pipeline"] = pipeline.requires_grad_(False)
+
+    def _apply(self, fn, recurse=True):
+        self.pipeline._apply(fn)
+        return super()._apply(fn, recurse)
+
+    def train(self, mode: bool = True):
+        self.pipeline.train(mode)
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pipeline(x)
+
+
 class _ViewMaker(nn.Module):
     """Shared logic: uint8 -> float, normalisation, boxes and flags from Kornia's parameters, the eval transform,
     CPU-pinned sampling and per-call seeding."""
@@ -103,9 +149,7 @@ class _ViewMaker(nn.Module):
         super().__init__()
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
         self.normalize = K.Normalize(torch.tensor(self.mean), torch.tensor(self.std))
-        self.eval_resize = K.Resize(int(size / 0.875), side="short", resample=interpolation, align_corners=False,
-                                    antialias=True)
-        self.center = K.CenterCrop(size)
+        self.eval_resize, self.center = mae_eval_crop(size, interpolation)
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
@@ -121,9 +165,7 @@ class _ViewMaker(nn.Module):
     def make(self, *images: torch.Tensor):
         raise NotImplementedError
 
-    @staticmethod
-    def _float(images: torch.Tensor) -> torch.Tensor:
-        return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    _float = staticmethod(to_float)
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         return self.normalize(x.clamp(0, 1)).float()  # clamp: bicubic overshoots

@@ -75,7 +75,9 @@ def test_defaults_are_the_papers():
     v2 = CroCo(backbone="vit_tiny_patch16", backbone_kwargs={"depth": 1}, decoder_depth=1, decoder_embed_dim=64,
                decoder_num_heads=2)
     assert not v2.backbone.has_class_token and v2.backbone.pos_embed_kind == "rope" and v2.hparams.mask_ratio == 0.9
+    assert (v2.optim.blr, v2.optim.warmup_epochs, v2.norm_pix_loss) == (1.5e-4, 40, True)
     mimic = MIMIC(backbone="vit_tiny_patch16", backbone_kwargs={"depth": 1}, decoder_depth=1, decoder_embed_dim=64,
                   decoder_num_heads=2)
     assert mimic.backbone.has_class_token and mimic.backbone.pos_embed_kind == "sincos"
-    assert mimic.hparams.masking_rule == "mae" and mimic.hparams.warmup_epochs == 20
+    assert mimic.hparams.masking_rule == "mae" and mimic.optim.warmup_epochs == 20
+    assert mimic.hparams.views == "mimic" and mimic.hparams.decoder_embed_dim == 64

@@ -5,11 +5,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mimzoo.tasks.dense import DenseFinetune, berhu_loss, normal_loss, segmentation_metrics, silog_loss
+from mimzoo.methods import DenseFinetune
+from mimzoo.tasks.dense import berhu_loss, normal_loss, segmentation_metrics, silog_loss
 from mimzoo.tasks.heads import DPTHead, default_hooks
 
-TINY = {"backbone": "vit_tiny_patch16", "backbone_kwargs": {"depth": 4, "embed_dim": 64, "num_heads": 2},
-        "feature_dim": 32, "image_size": 64, "drop_path_rate": 0.0}
+from tiny import tiny
+
+
+def dense(**kwargs) -> DenseFinetune:
+    """A 4-block, 64-wide ViT at 64 px (4 x 4 patches) with a small DPT head."""
+    return tiny(DenseFinetune, backbone_kwargs={"depth": 4, "embed_dim": 64, "num_heads": 2, "patch_size": 16,
+                                                "img_size": 64}, image_size=64, hooks=None, **kwargs)
 
 
 def test_default_hooks_are_multimae_and_croco_ones():
@@ -90,7 +96,7 @@ def test_segmentation_metrics_equal_numpy_confusion_matrix():
 
 
 def test_flip_mirrors_normals_consistently():
-    model = DenseFinetune(task="normals", **TINY).train()
+    model = dense(task="normals").train()
     image = torch.rand(64, 3, 4, 4)
     normal = F.normalize(torch.randn(64, 3, 4, 4), dim=1)
     torch.manual_seed(0)
@@ -128,7 +134,7 @@ def test_tiny_depth_finetune_lowers_the_loss(freeze, tmp_path):
     torch.manual_seed(0)
     images, depth = smooth_scene(32, 64, seed=0)
     loader = torch.utils.data.DataLoader(Batches(images, depth, "depth"), batch_size=8, shuffle=True)
-    model = DenseFinetune(task="depth", freeze_backbone=freeze, lr=5e-4, warmup_epochs=0, color_jitter=None, **TINY)
+    model = dense(task="depth", freeze_backbone=freeze, optim={"lr": 5e-4}, color_jitter=None)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     val = model.on_after_batch_transfer({"image": images[:16], "depth": depth[:16]}, 0)
     with torch.no_grad():
@@ -145,11 +151,11 @@ def test_tiny_depth_finetune_lowers_the_loss(freeze, tmp_path):
 
 
 def test_layer_decay_and_frozen_backbone_groups():
-    model = DenseFinetune(task="segmentation", num_classes=3, layer_decay=0.5, **TINY)
+    model = dense(task="segmentation", num_classes=3, optim={"layer_decay": 0.5})
     scales = sorted({g["lr_scale"] for g in model.optimizer_groups() if "lr_scale" in g})
     # embeddings 0.5^5 ... last block 0.5^1 (the unread final norm is frozen); the head's groups have the full lr
     assert scales == [0.5 ** k for k in range(5, 0, -1)]
-    frozen = DenseFinetune(task="segmentation", num_classes=3, freeze_backbone=True, **TINY)
+    frozen = dense(task="segmentation", num_classes=3, freeze_backbone=True)
     params = [p for g in frozen.optimizer_groups() for p in g["params"]]
     trainable_head = [p for p in frozen.head.parameters() if p.requires_grad]
     assert {id(p) for p in params} == {id(p) for p in trainable_head} and len(params) == len(trainable_head)
@@ -160,7 +166,7 @@ def test_segmentation_and_normals_validation_report_their_metrics(tmp_path):
     images = torch.randint(0, 255, (4, 3, 64, 64), dtype=torch.uint8, generator=g)
     for task, key, target in [("segmentation", "mask", torch.randint(0, 3, (4, 64, 64), generator=g)),
                               ("normals", "normal", F.normalize(torch.randn(4, 3, 64, 64, generator=g), dim=1))]:
-        model = DenseFinetune(task=task, num_classes=3 if task == "segmentation" else None, **TINY)
+        model = dense(task=task, num_classes=3 if task == "segmentation" else None)
         loader = torch.utils.data.DataLoader(Batches(images, target, key), batch_size=2)
         trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                             enable_model_summary=False, default_root_dir=tmp_path)
@@ -175,7 +181,7 @@ def test_zoo_backbone_weights_load_and_checkpoint_round_trips(parity_dir, tmp_pa
     import mimzoo
 
     source = parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth"
-    model = DenseFinetune(task="depth", backbone=str(source), image_size=96, feature_dim=32).eval()
+    model = DenseFinetune(task="depth", weights=str(source), image_size=96, feature_dim=32).eval()
     assert model.hooks == [0, 0, 0, 1]  # a 2-block encoder
     reference = mimzoo.load(source)
     blocks = {k: v for k, v in model.backbone.state_dict().items() if k.startswith("blocks.")}
@@ -194,7 +200,7 @@ def test_zoo_backbone_weights_load_and_checkpoint_round_trips(parity_dir, tmp_pa
 def test_validation_writes_prediction_pictures(tmp_path):
     images, depth = smooth_scene(4, 64, seed=1)
     depth[:, :, :8] = 0  # invalid rows are drawn black
-    model = DenseFinetune(task="depth", **TINY)
+    model = dense(task="depth")
     trainer = L.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     loader = torch.utils.data.DataLoader(Batches(images, depth, "depth"), batch_size=4)
@@ -220,7 +226,7 @@ def test_every_backbone_family_gets_dense_heads_at_a_new_resolution(parity_dir, 
     hints = {"num_heads": 3} if family.startswith("siameseim") else {}  # its weights cannot show the head count
     reference = mimzoo.load(path, img_size=128, **hints)
     for task, head in [("depth", "dpt"), ("segmentation", "linear"), ("segmentation", "convnext")]:
-        model = DenseFinetune(task=task, head=head, num_classes=4, backbone=str(path), backbone_kwargs=hints,
+        model = DenseFinetune(task=task, head=head, num_classes=4, weights=str(path), backbone_kwargs=hints,
                               image_size=128, feature_dim=16, drop_path_rate=0.0).eval()
         images = torch.randn(1, 3, 128, 128)
         with torch.no_grad():
@@ -231,11 +237,13 @@ def test_every_backbone_family_gets_dense_heads_at_a_new_resolution(parity_dir, 
 
 def test_backbone_kwargs_must_agree_with_loaded_weights(parity_dir):
     source = str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth")
-    model = DenseFinetune(task="depth", backbone=source, backbone_kwargs={"depth": 2, "embed_dim": 192},
+    model = DenseFinetune(task="depth", weights=source, backbone_kwargs={"depth": 2, "embed_dim": 192},
                           image_size=64, feature_dim=16)
     assert len(model.backbone.blocks) == 2
-    with pytest.raises(ValueError, match="depth.*disagree with the architecture"):
-        DenseFinetune(task="depth", backbone=source, backbone_kwargs={"depth": 4}, image_size=64)
+    with pytest.raises(ValueError, match=r"depth=4 \(the file has 2\) contradicts the architecture"):
+        DenseFinetune(task="depth", weights=source, backbone_kwargs={"depth": 4}, image_size=64)
+    with pytest.raises(ValueError, match="names a checkpoint, not an architecture: pass it as weights="):
+        DenseFinetune(task="depth", backbone="mae_vit_base_patch16")
 
 
 def test_scale_crop_is_an_exact_crop_at_scale_one_and_pads_as_invalid():
@@ -265,7 +273,7 @@ def test_scale_crop_is_an_exact_crop_at_scale_one_and_pads_as_invalid():
                                                   ("linear", False)])
 def test_every_trainable_parameter_gets_a_gradient(head, norm_last_hook):
     """What DDP needs without find_unused_parameters: the final norm is trained only when the head reads it."""
-    model = DenseFinetune(task="segmentation", num_classes=3, head=head, norm_last_hook=norm_last_hook, **TINY)
+    model = dense(task="segmentation", num_classes=3, head=head, norm_last_hook=norm_last_hook)
     images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
     model.loss(model(images), labels).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -282,9 +290,9 @@ def test_a_loaded_backbone_trains_in_train_mode(parity_dir, tmp_path):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             modes.append((module.backbone.training, module.backbone.blocks[0].drop_path1.training))
 
-    model = DenseFinetune(task="depth", backbone=str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth"),
-                          image_size=32, feature_dim=16, drop_path_rate=0.1)
-    assert not model.backbone.training  # as loaded
+    model = DenseFinetune(task="depth", weights=str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth"),
+                          image_size=32, feature_dim=16, drop_path_rate=0.1).eval()  # as mimzoo.load returns it
+    assert not model.backbone.training
     images, depth = smooth_scene(4, 32, seed=0)
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],

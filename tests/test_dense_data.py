@@ -378,7 +378,7 @@ def test_downstream_recipe_runs_end_to_end(recipe, tree, monitor, request, parit
          "--trainer.log_every_n_steps", "1",
          "--trainer.default_root_dir", str(run),
          "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run),
-         "--model.init_args.backbone", str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth"),
+         "--model.init_args.weights", str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth"),
          "--model.init_args.hooks", "null", "--model.init_args.image_size", "32",
          "--model.init_args.picture_every_n_epochs", "1", "--data.init_args.root", str(root),
          "--data.init_args.size", "32", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0"]

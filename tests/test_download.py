@@ -7,7 +7,7 @@ import huggingface_hub.constants
 import pytest
 
 from mimzoo import download
-from mimzoo.download import ChecksumError, DownloadError, OfflineError, fetch
+from mimzoo.download import ChecksumError, DownloadError, OfflineError, fetch_source
 
 from servers import FileServer, HubServer, server_down_url
 
@@ -47,7 +47,7 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
 
 
 def test_hub_download_by_repo_file_revision(hub, tmp_path):
-    path = fetch(hf("v1.0"), cache_dir=tmp_path, progress=False)
+    path = fetch_source(hf("v1.0"), cache_dir=tmp_path, progress=False)
     assert path.read_bytes() == DATA
     commit = HubServer.commit(REPO, "v1.0")
     assert path == tmp_path / "models--acme--mae-tiny" / "snapshots" / commit / FILE
@@ -57,56 +57,56 @@ def test_hub_download_by_repo_file_revision(hub, tmp_path):
 
 
 def test_hub_second_fetch_is_served_from_cache(hub, tmp_path):
-    first = fetch(hf(), cache_dir=tmp_path, progress=False)
+    first = fetch_source(hf(), cache_dir=tmp_path, progress=False)
     hub.log.clear()
-    assert fetch(hf(), cache_dir=tmp_path, progress=False) == first
+    assert fetch_source(hf(), cache_dir=tmp_path, progress=False) == first
     assert hub.calls == [("HEAD", f"/{REPO}/resolve/v1.0/{FILE}")]  # revalidation only, no second GET
 
 
 def test_hub_offline_serves_cache_without_any_request(hub, tmp_path, monkeypatch):
-    first = fetch(hf(), cache_dir=tmp_path, progress=False)
+    first = fetch_source(hf(), cache_dir=tmp_path, progress=False)
     hub.log.clear()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after import on purpose: read per call
-    assert fetch(hf(), cache_dir=tmp_path).read_bytes() == DATA == first.read_bytes()
+    assert fetch_source(hf(), cache_dir=tmp_path).read_bytes() == DATA == first.read_bytes()
     assert hub.log == []
 
 
 def test_offline_miss_says_what_is_missing_and_what_to_do(hub, host, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "true")
     with pytest.raises(OfflineError) as err:
-        fetch(hf(), cache_dir=tmp_path, name="mae_tiny")
+        fetch_source(hf(), cache_dir=tmp_path, name="mae_tiny")
     msg = str(err.value)
     assert REPO in msg and FILE in msg and "`mimzoo download mae_tiny`" in msg and "HF_HUB_OFFLINE" in msg
     assert "copy the cache" in msg
     with pytest.raises(OfflineError, match="mae_tiny.pth"):
-        fetch({"url": f"{host.url}/ckpt/mae_tiny.pth"}, cache_dir=tmp_path)
+        fetch_source({"url": f"{host.url}/ckpt/mae_tiny.pth"}, cache_dir=tmp_path)
     assert hub.log == [] and host.log == []
 
 
 def test_url_download_without_progress(host, tmp_path, capsys, monkeypatch):
     url = f"{host.url}/ckpt/mae_tiny.pth"
-    path = fetch({"url": url}, cache_dir=tmp_path, progress=False)
+    path = fetch_source({"url": url}, cache_dir=tmp_path, progress=False)
     assert path == url_final(tmp_path, url) and path.read_bytes() == DATA
     assert sorted(p.name for p in path.parent.iterdir()) == ["mae_tiny.pth", "mae_tiny.pth.sha256"]
     assert (path.parent / "mae_tiny.pth.sha256").read_text().split()[0] == DIGEST  # recorded at first download
     assert host.log == [("GET", "/ckpt/mae_tiny.pth", None, 200)]
     assert capsys.readouterr().err == ""
     # cached, online or offline: no second request
-    assert fetch({"url": url}, cache_dir=tmp_path, progress=False) == path
+    assert fetch_source({"url": url}, cache_dir=tmp_path, progress=False) == path
     monkeypatch.setenv("HF_HUB_OFFLINE", "yes")
-    assert fetch({"url": url}, cache_dir=tmp_path, progress=False) == path
+    assert fetch_source({"url": url}, cache_dir=tmp_path, progress=False) == path
     assert len(host.log) == 1
 
 
 def test_pinned_sha256(host, tmp_path):
     url = f"{host.url}/ckpt/mae_tiny.pth"
-    assert fetch({"url": url}, sha256=DIGEST.upper(), cache_dir=tmp_path, progress=False).read_bytes() == DATA
+    assert fetch_source({"url": url}, sha256=DIGEST.upper(), cache_dir=tmp_path, progress=False).read_bytes() == DATA
 
 
 def test_pinned_sha256_mismatch_leaves_no_file(host, tmp_path):
     url, wrong = f"{host.url}/ckpt/mae_tiny.pth", "0" * 64
     with pytest.raises(ChecksumError) as err:
-        fetch({"url": url}, sha256=wrong, cache_dir=tmp_path, progress=False, name="mae_tiny")
+        fetch_source({"url": url}, sha256=wrong, cache_dir=tmp_path, progress=False, name="mae_tiny")
     msg = str(err.value)
     assert wrong in msg and DIGEST in msg and "mae_tiny.pth" in msg and "`mimzoo download mae_tiny` again" in msg
     final = url_final(tmp_path, url)
@@ -116,25 +116,25 @@ def test_pinned_sha256_mismatch_leaves_no_file(host, tmp_path):
 
 def test_corrupted_cached_file_is_detected_then_redownloaded(host, tmp_path):
     url = f"{host.url}/ckpt/mae_tiny.pth"
-    path = fetch({"url": url}, cache_dir=tmp_path, progress=False)
+    path = fetch_source({"url": url}, cache_dir=tmp_path, progress=False)
     path.write_bytes(DATA[:-1] + b"\0")  # e.g. a disk error or an editor touching the file
     with pytest.raises(ChecksumError, match="changed on disk") as err:
-        fetch({"url": url}, cache_dir=tmp_path, progress=False, name="mae_tiny")
+        fetch_source({"url": url}, cache_dir=tmp_path, progress=False, name="mae_tiny")
     assert DIGEST in str(err.value) and "`mimzoo download mae_tiny`" in str(err.value)
     assert not path.exists()
-    assert fetch({"url": url}, cache_dir=tmp_path, progress=False).read_bytes() == DATA
+    assert fetch_source({"url": url}, cache_dir=tmp_path, progress=False).read_bytes() == DATA
     assert [r.method for r in host.log] == ["GET", "GET"]
 
 
 def test_corrupted_hub_blob_is_detected_then_redownloaded(hub, tmp_path):
-    path = fetch(hf(), cache_dir=tmp_path, progress=False)
+    path = fetch_source(hf(), cache_dir=tmp_path, progress=False)
     blob = path.resolve()
     blob.write_bytes(b"not a checkpoint")
     with pytest.raises(ChecksumError, match="changed on disk"):
-        fetch(hf(), cache_dir=tmp_path, progress=False)
+        fetch_source(hf(), cache_dir=tmp_path, progress=False)
     assert not blob.exists()  # removing only the snapshot link would let huggingface_hub relink the bad blob
     hub.log.clear()
-    assert fetch(hf(), cache_dir=tmp_path, progress=False).read_bytes() == DATA
+    assert fetch_source(hf(), cache_dir=tmp_path, progress=False).read_bytes() == DATA
     assert [m for m, _ in hub.calls] == ["HEAD", "GET"]
 
 
@@ -144,11 +144,11 @@ def test_interrupted_download_keeps_part_and_resumes_with_range(host, tmp_path):
     part = final.with_name(final.name + ".part")
     host.truncate_after = 100_000
     with pytest.raises(DownloadError, match="interrupted after 100000 of 300000 bytes") as err:
-        fetch({"url": url}, cache_dir=tmp_path, progress=False, name="mae_tiny")
+        fetch_source({"url": url}, cache_dir=tmp_path, progress=False, name="mae_tiny")
     assert "resume" in str(err.value) and str(part) in str(err.value)
     assert not final.exists() and part.stat().st_size == 100_000
     host.truncate_after = None
-    assert fetch({"url": url}, cache_dir=tmp_path, progress=False).read_bytes() == DATA
+    assert fetch_source({"url": url}, cache_dir=tmp_path, progress=False).read_bytes() == DATA
     assert host.log[-1] == ("GET", "/ckpt/mae_tiny.pth", "bytes=100000-", 206)
     assert not part.exists()
 
@@ -160,7 +160,7 @@ def test_range_not_satisfiable(host, tmp_path, leftover):
     final = url_final(tmp_path, url)
     final.parent.mkdir(parents=True)
     final.with_name(final.name + ".part").write_bytes(leftover)
-    assert fetch({"url": url}, cache_dir=tmp_path, progress=False).read_bytes() == DATA
+    assert fetch_source({"url": url}, cache_dir=tmp_path, progress=False).read_bytes() == DATA
     assert host.log[0][2:] == (f"bytes={len(leftover)}-", 416)
     assert [r.status for r in host.log[1:]] == ([] if leftover == DATA else [200])
 
@@ -168,7 +168,7 @@ def test_range_not_satisfiable(host, tmp_path, leftover):
 @pytest.mark.parametrize("repo,filename", [(REPO, "missing.pth"), ("acme/nope", FILE)], ids=["file", "repo"])
 def test_hub_404_names_the_file(hub, tmp_path, repo, filename):
     with pytest.raises(DownloadError) as err:
-        fetch(hf(repo=repo, filename=filename), cache_dir=tmp_path, progress=False, name="mae_tiny")
+        fetch_source(hf(repo=repo, filename=filename), cache_dir=tmp_path, progress=False, name="mae_tiny")
     assert type(err.value) is DownloadError
     msg = str(err.value)
     assert filename in msg and repo in msg and "may have moved" in msg and "mimzoo.load" in msg
@@ -177,7 +177,7 @@ def test_hub_404_names_the_file(hub, tmp_path, repo, filename):
 def test_url_404_names_the_file(host, tmp_path):
     host.fail_paths.add("/ckpt/mae_tiny.pth")
     with pytest.raises(DownloadError, match=r"mae_tiny\.pth.*may have moved") as err:
-        fetch({"url": f"{host.url}/ckpt/mae_tiny.pth"}, cache_dir=tmp_path, progress=False)
+        fetch_source({"url": f"{host.url}/ckpt/mae_tiny.pth"}, cache_dir=tmp_path, progress=False)
     assert type(err.value) is DownloadError
     assert not any(url_final(tmp_path, f"{host.url}/ckpt/mae_tiny.pth").parent.iterdir())
 
@@ -188,7 +188,7 @@ def test_url_server_down_keeps_the_partial_download(tmp_path):
     part.parent.mkdir(parents=True)
     part.write_bytes(DATA[:1000])
     with pytest.raises(DownloadError, match="unreachable") as err:
-        fetch({"url": url}, cache_dir=tmp_path, progress=False)
+        fetch_source({"url": url}, cache_dir=tmp_path, progress=False)
     assert "1000 bytes" in str(err.value) and "resumes" in str(err.value) and "HF_HUB_OFFLINE=1" in str(err.value)
     assert part.read_bytes() == DATA[:1000]
 
@@ -198,7 +198,7 @@ def test_hub_server_down(tmp_path, monkeypatch):
     sleeps = []
     monkeypatch.setattr(time, "sleep", sleeps.append)  # huggingface_hub backs off 1+2+4+8+8 s before giving up
     with pytest.raises(DownloadError, match="unreachable.*HF_HUB_OFFLINE=1") as err:
-        fetch(hf(), cache_dir=tmp_path, progress=False)
+        fetch_source(hf(), cache_dir=tmp_path, progress=False)
     assert type(err.value) is DownloadError
 
 
@@ -206,7 +206,7 @@ def test_hub_server_down(tmp_path, monkeypatch):
 def test_gdrive(tmp_path, monkeypatch, large):
     with FileServer(gdrive={"1AbC": DATA}, large={"1AbC"} if large else set()) as drive:
         monkeypatch.setenv("MIMZOO_GDRIVE_ENDPOINT", drive.url)
-        path = fetch({"gdrive": {"id": "1AbC", "filename": "mimic.pth"}}, cache_dir=tmp_path, progress=False)
+        path = fetch_source({"gdrive": {"id": "1AbC", "filename": "mimic.pth"}}, cache_dir=tmp_path, progress=False)
     assert path.read_bytes() == DATA and path.name == "mimic.pth"
     assert path.parent.name == hashlib.sha256(b"gdrive:1AbC").hexdigest()[:16]
     first = ("GET", "/download?id=1AbC&export=download")
@@ -220,4 +220,4 @@ def test_gdrive(tmp_path, monkeypatch, large):
 def test_source_must_be_exactly_one_kind(tmp_path):
     for bad in ({}, {"url": "http://x/a", "gdrive": {"id": "1"}}, {"s3": "bucket/key"}):
         with pytest.raises(ValueError, match="exactly one of"):
-            fetch(bad, cache_dir=tmp_path)
+            fetch_source(bad, cache_dir=tmp_path)

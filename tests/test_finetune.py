@@ -4,9 +4,11 @@ import lightning as L
 import torch
 
 import mimzoo
-from mimzoo.methods import Finetune, layer_decay_groups
+from mimzoo.methods import Finetune
+from mimzoo.optim import layer_decay_groups
 
 from conftest import assert_close, load_io
+from tiny import tiny
 
 
 def test_finetuned_checkpoint_parity(parity_dir):
@@ -46,15 +48,12 @@ def test_finetune_fit_lowers_loss(tmp_path):
     labels = torch.tensor(digits.target[:256])
     data = [{"image": images[i:i + 32], "label": labels[i:i + 32]} for i in range(0, 256, 32)]
 
-    torch.manual_seed(0)
-    model = Finetune(backbone="vit_tiny_patch16", backbone_kwargs={"depth": 2, "img_size": 32, "patch_size": 8},
-                     num_classes=10, image_size=32, mixup=0.0, cutmix=0.0, randaug_n=0, reprob=0.0, lr=3e-3,
-                     warmup_epochs=0, drop_path_rate=0.0)
+    model = tiny(Finetune, optim={"lr": 3e-3})
 
     def mean_loss():  # in eval mode: deterministic resize + center crop
         model.eval()
         with torch.no_grad():
-            return sum(model.training_loss(model.on_after_batch_transfer(dict(b), 0)) for b in data) / len(data)
+            return sum(model.training_loss(model.on_after_batch_transfer(dict(b), 0)).loss for b in data) / len(data)
 
     before = mean_loss()
     trainer = L.Trainer(max_epochs=12, accelerator="cpu", logger=False, enable_checkpointing=False,

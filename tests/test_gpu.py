@@ -8,15 +8,16 @@ from mimzoo.methods import MAE, CroCo
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
-def tiny(cls, **kw):
+def small(cls, **kw):
+    """ViT-S/16 (4 blocks) at 224 px: big enough for the bf16 and fused paths to matter."""
     return cls(backbone="vit_small_patch16", backbone_kwargs={"depth": 4}, decoder_embed_dim=128, decoder_depth=2,
-               decoder_num_heads=4, warmup_epochs=0, **kw)
+               decoder_num_heads=4, optim={"warmup_epochs": 0}, **kw)
 
 
 @pytest.mark.parametrize("compile", [False, True])
 def test_mae_bf16_fused_training_matches_fp32(compile):
     torch.manual_seed(0)
-    model = tiny(MAE, compile=compile).cuda()
+    model = small(MAE, compile=compile).cuda()
     images = torch.randn(8, 3, 224, 224, device="cuda")
     noise = torch.rand(8, 196, device="cuda")
     with torch.no_grad():
@@ -28,7 +29,7 @@ def test_mae_bf16_fused_training_matches_fp32(compile):
 
 def test_lightning_bf16_fit_on_gpu(tmp_path):
     L.seed_everything(0)
-    model = tiny(CroCo)
+    model = small(CroCo)
     data = [{"image": torch.randint(0, 255, (3, 256, 256), dtype=torch.uint8),
              "image2": torch.randint(0, 255, (3, 256, 256), dtype=torch.uint8)} for _ in range(16)]
     trainer = L.Trainer(max_steps=4, accelerator="gpu", devices=1, precision="bf16-mixed", logger=False,
@@ -40,11 +41,11 @@ def test_lightning_bf16_fit_on_gpu(tmp_path):
 
 @pytest.mark.parametrize("task", ["depth", "segmentation", "normals"])
 def test_dense_finetune_bf16_on_gpu(task, tmp_path):
-    from mimzoo.tasks import DenseFinetune
+    from mimzoo.methods import DenseFinetune
 
     L.seed_everything(0)
     model = DenseFinetune(task=task, num_classes=5, backbone="vit_small_patch16", backbone_kwargs={"depth": 4},
-                          image_size=224, warmup_epochs=0)
+                          image_size=224, optim={"warmup_epochs": 0})
     key = {"depth": "depth", "segmentation": "mask", "normals": "normal"}[task]
     target = {"depth": lambda: torch.rand(1, 224, 224) * 5, "segmentation": lambda: torch.randint(0, 5, (224, 224)),
               "normals": lambda: torch.nn.functional.normalize(torch.randn(3, 224, 224), dim=0)}[task]
@@ -58,7 +59,7 @@ def test_dense_finetune_bf16_on_gpu(task, tmp_path):
 
 @pytest.mark.parametrize("task", ["depth", "segmentation", "normals"])
 def test_dense_training_loss_has_no_host_sync(task):
-    from mimzoo.tasks import DenseFinetune
+    from mimzoo.methods import DenseFinetune
 
     model = DenseFinetune(task=task, num_classes=5, backbone="vit_small_patch16", backbone_kwargs={"depth": 2},
                           image_size=224, depth_loss="berhu" if task == "depth" else "silog").cuda().train()
@@ -70,7 +71,7 @@ def test_dense_training_loss_has_no_host_sync(task):
     torch.cuda.set_sync_debug_mode("error")
     try:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model.training_loss(batch)
+            loss = model.training_loss(batch).loss
         loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")

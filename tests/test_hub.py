@@ -10,7 +10,7 @@ import yaml
 import mimzoo
 from mimzoo.cli import main as cli
 from mimzoo.download import ChecksumError, DownloadError, OfflineError
-from mimzoo.hub import UnknownModelError
+from mimzoo.zoo import UnknownModelError
 
 from conftest import assert_close, load_io
 from servers import FileServer, HubServer, server_down_url
@@ -122,7 +122,7 @@ def test_zoo_lists_every_family_and_resolves_aliases():
     for family in ("mae_vit_base_patch16", "mae_mimic3m", "croco_mimic3m", "croco_v2_vit_base_small_decoder"):
         assert family in names
     assert mimzoo.list_models("croco_v2*") and all(n.startswith("croco_v2") for n in mimzoo.list_models("croco_v2*"))
-    from mimzoo.hub import entry
+    from mimzoo.zoo import entry
 
     assert entry("croco_mimic3m")["name"] == "mae_mimic3m"
     for name in names:  # every entry resolves and names a converter we have

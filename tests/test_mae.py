@@ -5,10 +5,12 @@ import pytest
 import torch
 
 import mimzoo
-from mimzoo.methods import MAE, warmup_cosine, weight_decay_groups
+from mimzoo.methods import MAE
 from mimzoo.models import mae_masking
+from mimzoo.optim import warmup_cosine, weight_decay_groups
 
 from conftest import assert_close, load_io
+from tiny import tiny
 
 
 @pytest.mark.parametrize("variant", ["", "perturbed."])
@@ -48,8 +50,7 @@ def test_masking_statistics():
 
 
 def test_weight_decay_groups_follow_mae():
-    model = MAE(backbone="vit_tiny_patch16", backbone_kwargs={"depth": 2}, decoder_embed_dim=64,
-                decoder_depth=1, decoder_num_heads=2)
+    model = tiny(MAE)
     no_decay, decay = weight_decay_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     nd = {names[id(p)] for p in no_decay["params"]}

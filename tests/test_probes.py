@@ -13,7 +13,9 @@ import mimzoo
 from mimzoo.cli import main as cli
 from mimzoo.tasks import probe
 from mimzoo.tasks.fewshot import LAMBDA, cyanure_preprocess, fewshot_accuracy, fewshot_splits, fit_logistic
-from mimzoo.tasks.linear import LinearProbe, MAELars, linear_probe_features
+from mimzoo.methods import LinearProbe
+from mimzoo.optim import MAELars
+from mimzoo.tasks.linear import linear_probe_on_features
 
 
 def mae_lars_reference(params, grads_per_step, lr, wd, momentum=0.9, trust=1e-3):
@@ -122,11 +124,11 @@ def digits_model(parity_dir, tmp_path_factory):
     return root, feats
 
 
-def test_linear_probe_features_beats_chance_on_digits(digits_model):
+def test_linear_probe_on_features_beats_chance_on_digits(digits_model):
     xtr, ytr, xte, yte = digits_model[1]
-    out = linear_probe_features(xtr, ytr, xte, yte, epochs=90, batch_size=256)
+    out = linear_probe_on_features(xtr, ytr, xte, yte, epochs=90, batch_size=256)
     assert out["top1"] > 50 and out["top5"] > 85  # chance: 10 % / 50 %
-    assert linear_probe_features(xtr, ytr, xte, yte, epochs=90, batch_size=256) == out  # seeded
+    assert linear_probe_on_features(xtr, ytr, xte, yte, epochs=90, batch_size=256) == out  # seeded
 
 
 def digit_batches(n: int = 256, size: int = 64, batch: int = 32) -> list[dict]:
@@ -144,8 +146,8 @@ def test_linear_probe_fit_trains_the_head_only(parity_dir, tmp_path):
     # well above MAE's 6.4 (7000 steps) to show learning; training sees random crops (train mode), the loss is
     # measured on centre crops
     torch.manual_seed(0)
-    model = LinearProbe(pretrained=str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth"),
-                        num_classes=10, image_size=32, lr=20.0, warmup_epochs=1)
+    model = LinearProbe(weights=str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth"),
+                        num_classes=10, image_size=32, optim={"lr": 20.0, "warmup_epochs": 1})
     backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     head_before = model.head.fc.weight.detach().clone()
     data = digit_batches(256, size=32, batch=16)
@@ -153,7 +155,7 @@ def test_linear_probe_fit_trains_the_head_only(parity_dir, tmp_path):
     def eval_loss():  # eval views (resize + centre crop) and running BatchNorm statistics: deterministic
         model.eval()
         with torch.no_grad():
-            return sum(model.training_loss(model.on_after_batch_transfer(dict(b), 0)) for b in data) / len(data)
+            return sum(model.training_loss(model.on_after_batch_transfer(dict(b), 0)).loss for b in data) / len(data)
 
     before = eval_loss()
     trainer = L.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -227,7 +229,7 @@ def test_recipe_fits_through_the_cli_and_reloads(parity_dir, tmp_path):
                 "--trainer.precision=32", "--trainer.max_epochs=1", "--trainer.accumulate_grad_batches=2",
                 "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
                 f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.logger=false",
-                f"--model.init_args.pretrained={parity_dir / 'mae_pretrain' / 'checkpoint_released_encoder.pth'}",
+                f"--model.init_args.weights={parity_dir / 'mae_pretrain' / 'checkpoint_released_encoder.pth'}",
                 "--model.init_args.num_classes=2", "--model.init_args.image_size=32",
                 f"--data.init_args.root={tmp_path}", "--data.init_args.batch_size=2", "--data.init_args.num_workers=0",
                 "--data.init_args.size=37", "--data.init_args.pin_memory=false"]) == 0
@@ -242,7 +244,7 @@ def test_grid_heads_train_as_separate_runs_and_the_best_is_reported():
     reports the best (feature, lr) and covers every pair."""
     from sklearn.datasets import load_digits
 
-    from mimzoo.tasks.linear import linear_probe_grid, train_heads
+    from mimzoo.tasks.linear import linear_grid_on_features, train_heads
 
     digits = load_digits()
     x, y = torch.tensor(digits.data, dtype=torch.float32), torch.tensor(digits.target)
@@ -252,7 +254,7 @@ def test_grid_heads_train_as_separate_runs_and_the_best_is_reported():
     alone = [train_heads(xtr, ytr, xte, yte, [lr], "sgd", **kw)[0] for lr in (0.01, 0.3)]
     assert together == alone
     assert together[0]["top1"] != together[1]["top1"]
-    out = linear_probe_grid({"raw": (xtr, xte), "half": (xtr[:, ::2], xte[:, ::2])}, ytr, yte, lrs=(0.01, 0.3),
+    out = linear_grid_on_features({"raw": (xtr, xte), "half": (xtr[:, ::2], xte[:, ::2])}, ytr, yte, lrs=(0.01, 0.3),
                             epochs=3, batch_size=128)
     assert len(out["grid"]) == 4 and {r["feature"] for r in out["grid"]} == {"raw", "half"}
     assert out["best"]["top1"] == max(r["top1"] for r in out["grid"]) > 80

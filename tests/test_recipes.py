@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from mimzoo import hub
+from mimzoo import zoo
 from mimzoo.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,11 +30,10 @@ def test_recipe_parses_and_instantiates(recipe, capsys, monkeypatch):
     config = yaml.safe_load(capsys.readouterr().out)
     model_spec = config["model"]
     args = model_spec["init_args"]
-    if args.get("pretrained"):  # fine-tuning recipes: build from the architecture instead
-        args["backbone"] = args.pop("pretrained").replace("mae_", "")
-    if isinstance(args.get("backbone"), str) and args["backbone"] in hub.registry():  # no download in tests
-        entry = hub.entry(args["backbone"])
-        args.update(backbone=entry["arch"], backbone_kwargs={"num_heads": entry["num_heads"]})
+    if args.get("weights"):  # no download in tests: the same architecture at random init
+        entry = zoo.entry(args.pop("weights"))
+        args.update(backbone=entry["arch"], backbone_kwargs={**(args.get("backbone_kwargs") or {}),
+                                                             "num_heads": entry["num_heads"]})
     with torch.device("meta"):  # ViT-H at full size, without allocating it
         model = instantiate(model_spec)
     assert sum(p.numel() for p in model.parameters()) > 0
@@ -45,8 +44,9 @@ def test_paper_recipe_matches_the_paper():
     config = yaml.safe_load((ROOT / "recipes/mae/mae_vit_large_patch16.yaml").read_text())
     t, m, d = config["trainer"], config["model"]["init_args"], config["data"]["init_args"]
     assert d["batch_size"] * t["devices"] * t["num_nodes"] * t["accumulate_grad_batches"] == 4096
-    assert (m["blr"], m["weight_decay"], m["warmup_epochs"], m["mask_ratio"]) == (1.5e-4, 0.05, 40, 0.75)
-    assert (m["decoder_embed_dim"], m["decoder_depth"], m["norm_pix_loss"]) == (512, 8, True)
+    o = m["optim"]
+    assert (o["blr"], o["weight_decay"], o["warmup_epochs"], m["mask_ratio"]) == (1.5e-4, 0.05, 40, 0.75)
+    assert (m["decoder_embed_dim"], m["decoder_depth"]) == (512, 8) and m["norm_pix_loss"] is None  # file, else True
 
 
 @pytest.mark.slow

@@ -7,6 +7,8 @@ from PIL import Image
 from mimzoo.data import ImageDataModule
 from mimzoo.methods import MAE
 
+from tiny import tiny
+
 
 class Interrupt(Exception):
     pass
@@ -34,8 +36,7 @@ def folder(tmp_path_factory):
 
 def run(folder, root, stop_at=None, ckpt_path=None):
     L.seed_everything(0)
-    model = MAE(backbone="vit_tiny_patch16", backbone_kwargs={"depth": 1, "img_size": 32, "patch_size": 8},
-                decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, image_size=32, warmup_epochs=1)
+    model = tiny(MAE, backbone_kwargs={"depth": 1}, decoder_embed_dim=32, optim={"warmup_epochs": 1})
     data = ImageDataModule(data=str(folder), size=36, batch_size=4, num_workers=0, val_every=1000, repeats=1)
     record = Record(stop_at)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=1,

@@ -7,6 +7,8 @@ import torch
 import mimzoo
 from mimzoo.methods import MIMIC, CroCo
 
+from tiny import tiny
+
 
 @pytest.fixture(scope="module")
 def pairs():
@@ -24,9 +26,7 @@ def pairs():
 @pytest.mark.parametrize("cls", [CroCo, MIMIC])
 def test_tiny_fit_lowers_loss(cls, pairs, tmp_path):
     L.seed_everything(0)
-    model = cls(backbone="vit_tiny_patch16", backbone_kwargs={"depth": 2, "img_size": 32, "patch_size": 8},
-                decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2, image_size=32, mask_ratio=0.75,
-                blr=5e-3, warmup_epochs=0)
+    model = tiny(cls, mask_ratio=0.75, optim={"blr": 5e-3})
     batch = model.on_after_batch_transfer({k: torch.stack([p[k] for p in pairs]) for k in pairs[0]}, 0)
     noise = torch.rand(len(pairs), 16, generator=torch.Generator().manual_seed(1))
     model.eval()

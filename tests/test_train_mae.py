@@ -7,11 +7,11 @@ import torch
 import mimzoo
 from mimzoo.methods import MAE
 
+from tiny import tiny
 
-def tiny_mae(**kw):
-    torch.manual_seed(0)
-    return MAE(backbone="vit_tiny_patch16", backbone_kwargs={"depth": 2, "img_size": 32, "patch_size": 8},
-               decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2, image_size=32, warmup_epochs=0, **kw)
+
+def tiny_mae(blr: float, **kw):
+    return tiny(MAE, optim={"blr": blr}, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,11 @@ def test_lr_follows_effective_batch(photos, tmp_path):
     assert model.learning_rate() == pytest.approx(1e-3 * 32 / 256)
 
 
-def test_class_path_from_checkpoint_is_restricted(tmp_path):
-    from mimzoo.methods import pretrainer_from_converted
+def test_a_checkpoint_never_chooses_code_to_import():
+    """The registry, not a name stored in the file, decides which class rebuilds a checkpoint."""
+    from mimzoo.errors import UnknownNameError
+    from mimzoo.loading import Converted
+    from mimzoo.methods import pretrainer
 
-    with pytest.raises(ValueError, match="only mimzoo methods"):
-        pretrainer_from_converted({"class_path": "os.system", "backbone": {}}, {})
+    with pytest.raises(UnknownNameError, match="no such method"):
+        pretrainer(Converted({"class_path": "os.system", "method": "system", "backbone": {}}, {}))

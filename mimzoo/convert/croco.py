@@ -81,7 +81,7 @@ def convert(sd: dict, meta: dict | None = None, num_heads: int | None = None,
     decoder = None
     if "decoder_embed.weight" in sd:
         dwidth = sd["decoder_embed.weight"].shape[0]
-        decoder = {"embed_dim": dwidth, "depth": block_count(sd, "dec_blocks"),
+        decoder = {"kind": "cross", "embed_dim": dwidth, "depth": block_count(sd, "dec_blocks"),
                    "num_heads": decoder_num_heads or kwargs.get("dec_num_heads")
                    or heads_for(dwidth, DECODER_HEADS, 32, "decoder"),
                    "mlp_ratio": mlp_ratio(sd, "dec_blocks.0.mlp.fc1.weight", dwidth),

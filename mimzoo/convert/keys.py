@@ -7,10 +7,12 @@ from typing import Callable
 
 import torch
 
+from ..errors import Error
+
 Tensor = torch.Tensor
 
 
-class ConversionError(ValueError):
+class ConversionError(Error, ValueError):
     """A checkpoint whose keys or shapes do not fit the format it was read as."""
 
 

@@ -58,12 +58,14 @@ def encoder_config(sd: dict, meta: dict, fmt: str, num_heads: int | None = None)
     return cfg
 
 
-def decoder_config(sd: dict, blocks: str, num_heads: int | None = None) -> dict | None:
+def decoder_config(sd: dict, blocks: str, num_heads: int | None = None, kind: str = "mae") -> dict | None:
+    """The decoder's config; `kind` says which decoder module holds it: "mae" (MAEDecoder) or "cross" (the
+    cross-view CrossDecoder, MIMIC's layout)."""
     if "decoder_embed.weight" not in sd:
         return None
     width = sd["decoder_embed.weight"].shape[0]
     return {
-        "embed_dim": width, "depth": block_count(sd, blocks),
+        "kind": kind, "embed_dim": width, "depth": block_count(sd, blocks),
         "num_heads": num_heads or heads_for(width, DECODER_HEADS, 32, "decoder"),
         "mlp_ratio": mlp_ratio(sd, f"{blocks}.0.mlp.fc1.weight", width),
         "pred_dim": sd["decoder_pred.weight"].shape[0],
@@ -77,5 +79,6 @@ def convert(sd: dict, meta: dict | None = None, num_heads: int | None = None,
     decoder = decoder_config(sd, "decoder_blocks", decoder_num_heads)
     out, dropped = KeyMap(ENCODER + DECODER).apply(sd, NAME)
     contents = "finetuned" if backbone["num_classes"] else ("pretrainer" if decoder else "encoder")
-    return {"format": NAME, "method": "mae", "contents": contents, "backbone": backbone, "decoder": decoder,
+    # a fine-tuned classifier is rebuilt by the fine-tuning method, not by MAE
+    return {"format": NAME, "method": "finetune" if contents == "finetuned" else "mae", "contents": contents, "backbone": backbone, "decoder": decoder,
             "norm_pix_loss": getattr(meta.get("args"), "norm_pix_loss", None), "dropped": dropped}, out

@@ -19,7 +19,7 @@ def convert(sd: dict, meta: dict | None = None, num_heads: int | None = None,
             decoder_num_heads: int | None = None) -> tuple[dict, dict]:
     meta = meta or {}
     backbone = mae.encoder_config(sd, meta, NAME, num_heads)
-    decoder = mae.decoder_config(sd, "decoder_blocks_croco", decoder_num_heads)
+    decoder = mae.decoder_config(sd, "decoder_blocks_croco", decoder_num_heads, kind="cross")
     out, dropped = KeyMap(mae.ENCODER + DECODER).apply(sd, NAME)
     return {"format": NAME, "method": "mimic", "contents": "pretrainer", "backbone": backbone, "decoder": decoder,
             "norm_pix_loss": getattr(meta.get("args"), "norm_pix_loss", None), "dropped": dropped}, out

@@ -37,7 +37,7 @@ def convert(sd: dict, meta: dict | None = None, num_heads: int | None = None,
     out["backbone.fc_norm.bias"] = torch.zeros(width)
     args = meta.get("args")
     return {"format": NAME, "method": "siameseim", "contents": "pretrainer", "backbone": backbone,
-            "decoder": {"embed_dim": sd["decoder_embed.weight"].shape[0]} if "decoder_embed.weight" in sd else None,
+            "decoder": {"kind": "siameseim", "embed_dim": sd["decoder_embed.weight"].shape[0]} if "decoder_embed.weight" in sd else None,
             "args": vars(args) if args is not None and hasattr(args, "__dict__") else None,
             "added": {"backbone.fc_norm.*": "identity fc_norm of SiameseIM's downstream ViT (not in the checkpoint)"},
             "dropped": dropped}, out

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..data.images import IMAGE_EXTENSIONS
 from .matching import SIZE
+from ..errors import ConfigError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
@@ -48,7 +49,7 @@ def video_frames(path: str | Path, gap: float = 1.0, crop_bottom: float = 0.0) -
     ValueError for a video that cannot be decoded."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
-        raise ValueError("cannot open the video (corrupt, empty or an unsupported codec)")
+        raise ConfigError("cannot open the video (corrupt, empty or an unsupported codec)")
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     kept, index, target = [], 0, 0.0
     try:
@@ -65,7 +66,7 @@ def video_frames(path: str | Path, gap: float = 1.0, crop_bottom: float = 0.0) -
     finally:
         cap.release()
     if index == 0:
-        raise ValueError("no decodable frame")
+        raise ConfigError("no decodable frame")
     return kept
 
 
@@ -108,11 +109,11 @@ def folder_groups(count: int, mode: str = "offset", step: int = 10, offset: int 
         return window_groups(count, window)
     if mode == "all":
         return [[(i, j) for i in range(count) for j in range(i + 1, count)]] if count > 1 else []
-    raise ValueError(f"folder mode must be offset, windows or all; got {mode!r}")
+    raise ConfigError(f"folder mode must be offset, windows or all; got {mode!r}")
 
 
 def read_frame(path: Path, crop_bottom: float = 0.0) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"cannot decode {path}")
+        raise ConfigError(f"cannot decode {path}")
     return resize(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), crop_bottom)

@@ -24,6 +24,7 @@ from ..data.pairs import write_pair_shard
 from .frames import (VIDEO_EXTENSIONS, folder_frames, folder_groups, read_frame, video_duration, video_frames,
                      video_pairs)
 from .matching import match, overlap, sift
+from ..errors import ConfigError
 
 
 @dataclass
@@ -47,15 +48,15 @@ class Options:
 
     def __post_init__(self):
         if self.pick not in ("all", "lowest"):
-            raise ValueError(f"pick must be 'all' or 'lowest', got {self.pick!r}")
+            raise ConfigError(f"pick must be 'all' or 'lowest', got {self.pick!r}")
         if self.folder_mode not in ("offset", "windows", "all"):
-            raise ValueError(f"folder_mode must be offset, windows or all; got {self.folder_mode!r}")
+            raise ConfigError(f"folder_mode must be offset, windows or all; got {self.folder_mode!r}")
         if self.rotations is not None and (not str(self.rotations).endswith(".json") or
                                            not Path(self.rotations).is_file()):
-            raise ValueError(f"rotations must be a JSON file {{video stem: w|a|z|s}}, got {self.rotations!r} (see "
+            raise ConfigError(f"rotations must be a JSON file {{video stem: w|a|z|s}}, got {self.rotations!r} (see "
                              f"mimzoo.curate.pipeline.video_rotation for converting MIMIC's apple_rotation.npy)")
         if not 0 <= self.crop_bottom < 1:
-            raise ValueError(f"crop_bottom is a fraction of the frame height in [0, 1), got {self.crop_bottom}")
+            raise ConfigError(f"crop_bottom is a fraction of the frame height in [0, 1), got {self.crop_bottom}")
 
 
 # MIMIC's per-source scripts (datasets/*_multipro.py, demon.py), as options
@@ -80,7 +81,7 @@ def video_rotation(source: str, table: str | None) -> str | None:
     entries = json.loads(Path(table).read_text())
     code = entries.get(Path(source).stem)
     if code is not None and code not in ROTATIONS:
-        raise ValueError(f"{table}: rotation {code!r} for {Path(source).stem}; expected one of w, a, z, s")
+        raise ConfigError(f"{table}: rotation {code!r} for {Path(source).stem}; expected one of w, a, z, s")
     return code
 
 
@@ -92,7 +93,7 @@ def rotate(image: np.ndarray, code: str) -> np.ndarray:
 def preset_options(name: str, **overrides) -> Options:
     """Options for one of MIMIC's sources (see PRESETS), with any field overridden."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     return Options(**{**PRESETS[name], **overrides})
 
 
@@ -144,7 +145,7 @@ def process(source: str, out: str, opts: Options) -> dict:
                     rejected["undecodable frame"] += 1
         else:
             if not Path(source).is_file():
-                raise ValueError("no such file")
+                raise ConfigError("no such file")
             rotation = video_rotation(source, opts.rotations)
             groups, frames = [], {}
             if rotation is None:
@@ -274,7 +275,7 @@ def _run_ray(todo: list[str], out: str, opts: Options, workers: int, address: st
     try:
         import ray
     except ImportError as e:
-        raise RuntimeError("engine 'ray' needs Ray: pip install 'mimzoo[ray]'") from e
+        raise ConfigError("engine 'ray' needs Ray: pip install 'mimzoo[ray]'") from e
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, num_cpus=None if address else max(1, workers), include_dashboard=False,

@@ -12,20 +12,21 @@ import webdataset as wds
 from PIL import Image
 
 from .matching import GRID, PATCH, match, overlap, sift
+from ..errors import ConfigError, NotFoundError
 
 
 def load_pair(out: str | Path, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """The index-th record of `out/pairs.jsonl` with its two views from the shard."""
     lines = (Path(out) / "pairs.jsonl").read_text().splitlines()
     if not 0 <= index < len(lines):
-        raise IndexError(f"{out}/pairs.jsonl has {len(lines)} pairs; asked for #{index}")
+        raise ConfigError(f"{out}/pairs.jsonl has {len(lines)} pairs; asked for #{index}")
     record = json.loads(lines[index])
     for sample in wds.WebDataset(str(Path(out) / record["shard"]), shardshuffle=False, empty_check=False):
         r = json.loads(sample["json"])
         if (r["source"], r["frame_a"], r["frame_b"]) == (record["source"], record["frame_a"], record["frame_b"]):
             decode = lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))  # noqa: E731
             return decode(sample["0.jpg"]), decode(sample["1.jpg"]), record
-    raise KeyError(f"pair #{index} is in the index but not in {record['shard']}: re-run mimzoo curate")
+    raise NotFoundError(f"pair #{index} is in the index but not in {record['shard']}: re-run mimzoo curate")
 
 
 def draw_pair(a: np.ndarray, b: np.ndarray, homography: np.ndarray) -> np.ndarray:

@@ -7,21 +7,22 @@ from torch.utils.data import DataLoader
 
 from .datamodule import BaseDataModule
 from .folder import ImageFolderDataset, list_images
+from ..errors import ConfigError, NotFoundError
 
 
 def class_folder(split: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
     """(files, labels, class names); class index = position in the sorted list of sub-folders of `split`."""
     if not split.is_dir():
-        raise FileNotFoundError(f"expected a split folder {split} with one sub-folder per class "
+        raise NotFoundError(f"expected a split folder {split} with one sub-folder per class "
                                 f"(ImageNet layout: root/train/n01440764/*.JPEG, root/val/n01440764/*.JPEG)")
     found = sorted(p.name for p in split.iterdir() if p.is_dir())
     if not found:
-        raise FileNotFoundError(f"{split} has no class sub-folders; found files "
+        raise NotFoundError(f"{split} has no class sub-folders; found files "
                                 f"{sorted(p.name for p in split.iterdir())[:5]} instead")
     classes = classes or found
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise ValueError(f"{split} has classes that the training split lacks: {unknown[:5]}")
+        raise ConfigError(f"{split} has classes that the training split lacks: {unknown[:5]}")
     files, labels = [], []
     for label, name in enumerate(classes):
         if (split / name).is_dir():

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from .datamodule import BaseDataModule
 from .folder import collate_images, list_images, report_corrupt
 from .images import CorruptImageError, open_image
+from ..errors import ConfigError, NotFoundError
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
 
@@ -114,7 +115,7 @@ def read_uint16(path: Path) -> np.ndarray:
     """A 16-bit single-channel PNG as float32; an 8-bit file here would silently give depths 256x too small."""
     image = open_image(path)
     if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
-        raise ValueError(f"{path} should be a 16-bit single-channel PNG (depth), found mode {image.mode}")
+        raise ConfigError(f"{path} should be a 16-bit single-channel PNG (depth), found mode {image.mode}")
     return np.asarray(image).astype(np.float32)
 
 
@@ -154,7 +155,7 @@ def read_ade_labels(sample: DenseSample) -> np.ndarray:
     image = open_image(sample.target)
     raw = np.asarray(image).astype(np.int64)  # palette ("P") files hold the class ids as indices: no conversion
     if raw.ndim != 2:
-        raise ValueError(f"{sample.target} should be a single-channel label PNG, found mode {image.mode}")
+        raise ConfigError(f"{sample.target} should be a single-channel label PNG, found mode {image.mode}")
     return np.where((raw >= 1) & (raw <= ADE20K_NUM_CLASSES), raw - 1, IGNORE_INDEX)
 
 
@@ -166,7 +167,7 @@ def read_taskonomy_normals(sample: DenseSample) -> np.ndarray:
     if sample.valid is not None:
         zbuffer = read_uint16(sample.valid)
         if zbuffer.shape != invalid.shape:
-            raise ValueError(f"{sample.valid} is {zbuffer.shape[1]}x{zbuffer.shape[0]} but {sample.target} is "
+            raise ConfigError(f"{sample.valid} is {zbuffer.shape[1]}x{zbuffer.shape[0]} but {sample.target} is "
                              f"{invalid.shape[1]}x{invalid.shape[0]}")
         invalid |= zbuffer >= TASKONOMY_NO_DEPTH
     normal[invalid] = 0
@@ -190,9 +191,9 @@ class DenseDataset(Dataset):
     def __init__(self, samples: list[DenseSample], task: str, size: int | tuple[int, int],
                  read_target: Callable[[DenseSample], np.ndarray], resize: str = "cover"):
         if task not in TARGET_KEYS:
-            raise ValueError(f"task must be one of {sorted(TARGET_KEYS)}, got {task!r}")
+            raise ConfigError(f"task must be one of {sorted(TARGET_KEYS)}, got {task!r}")
         if resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+            raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         self.samples, self.task, self.size, self.read_target = list(samples), task, size_hw(size), read_target
         self.resize = resize
 
@@ -207,7 +208,7 @@ class DenseDataset(Dataset):
             report_corrupt(e)
             return None
         if target.shape[:2] != (image.height, image.width):
-            raise ValueError(f"{sample.target} is {target.shape[1]}x{target.shape[0]} but its image {sample.image} "
+            raise ConfigError(f"{sample.target} is {target.shape[1]}x{target.shape[0]} but its image {sample.image} "
                              f"is {image.width}x{image.height}: targets must match their image pixel for pixel")
         if self.resize == "cover":
             box = center_box(image.height, image.width, self.size)
@@ -229,10 +230,10 @@ def _found(root: Path, limit: int = 8) -> str:
     return f"{entries[:limit]}{more}" if entries else "nothing (empty or missing)"
 
 
-def _missing_error(kind: str, missing: list[tuple[Path, Path]], layout: str) -> FileNotFoundError:
+def _missing_error(kind: str, missing: list[tuple[Path, Path]], layout: str) -> NotFoundError:
     names = ", ".join(f"{image} (expected {target})" for image, target in missing[:5])
     more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-    return FileNotFoundError(f"{len(missing)} images have no {kind}: {names}{more}. {layout}")
+    return NotFoundError(f"{len(missing)} images have no {kind}: {names}{more}. {layout}")
 
 
 def _pair(images: list[Path], target_of: Callable[[Path], Path], valid_of: Callable[[Path], Path] | None,
@@ -269,7 +270,7 @@ def nyuv2_layout(root: str | os.PathLike) -> str:
         return "multimae"
     if _bts_dirs(root) is not None:
         return "bts"
-    raise FileNotFoundError(f"{root} is not an NYUv2 copy in a known layout; {NYUV2_LAYOUTS}\n"
+    raise NotFoundError(f"{root} is not an NYUv2 copy in a known layout; {NYUV2_LAYOUTS}\n"
                             f"found at {root}: {_found(root)}")
 
 
@@ -278,7 +279,7 @@ def _multimae_split(root: Path, split: str) -> Path:
     for name in names:
         if (root / name / "rgb").is_dir():
             return root / name
-    raise FileNotFoundError(f"no {' or '.join(f'{root / n}/rgb/' for n in names)} for the {split} split; "
+    raise NotFoundError(f"no {' or '.join(f'{root / n}/rgb/' for n in names)} for the {split} split; "
                             f"{NYUV2_LAYOUTS}\nfound at {root}: {_found(root)}")
 
 
@@ -287,12 +288,12 @@ def list_nyuv2(root: str | os.PathLike, split: str = "train", task: str = "depth
     root, layout = Path(root), nyuv2_layout(root)
     if layout == "bts":
         if task != "depth":
-            raise ValueError(f"the BTS layout at {root} has depth only; normals need the MultiMAE layout "
+            raise ConfigError(f"the BTS layout at {root} has depth only; normals need the MultiMAE layout "
                              f"(<root>/train/normal/data/0000.png). {NYUV2_LAYOUTS}")
         train, test = _bts_dirs(root)
         folder = train if split == "train" else test
         if not folder.is_dir():
-            raise FileNotFoundError(f"no BTS test split at {folder}; {NYUV2_LAYOUTS}")
+            raise NotFoundError(f"no BTS test split at {folder}; {NYUV2_LAYOUTS}")
         images = [p for p in list_images(folder) if p.name.startswith("rgb_") and p.suffix == ".jpg"]
         return _pair(images, lambda p: p.with_name(p.name.replace("rgb_", "sync_depth_", 1)).with_suffix(".png"),
                      None, "sync_depth_*.png depth", NYUV2_LAYOUTS), layout
@@ -300,7 +301,7 @@ def list_nyuv2(root: str | os.PathLike, split: str = "train", task: str = "depth
     target, valid = ("depth", "mask_valid") if task == "depth" else ("normal", "mask")
     rgb = folder / "rgb"
     if not (folder / target).is_dir():
-        raise FileNotFoundError(f"{folder / target} is missing: the {task} task needs {folder}/{target}/data/*.png "
+        raise NotFoundError(f"{folder / target} is missing: the {task} task needs {folder}/{target}/data/*.png "
                                 f"next to {rgb}; found at {folder}: {_found(folder)}. {NYUV2_LAYOUTS}")
 
     def beside(kind: str) -> Callable[[Path], Path]:
@@ -326,7 +327,7 @@ def list_ade20k(root: str | os.PathLike, split: str = "train") -> list[DenseSamp
     images, labels = base / "images" / name, base / "annotations" / name
     for folder in (images, labels):
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} is missing; expected the {ADE20K_LAYOUT}; "
+            raise NotFoundError(f"{folder} is missing; expected the {ADE20K_LAYOUT}; "
                                     f"found at {base}: {_found(base)}")
     files = [p for p in list_images(images) if p.suffix.lower() in (".jpg", ".jpeg")]
     return _pair(files, lambda p: (labels / p.relative_to(images)).with_suffix(".png"), None, "annotation",
@@ -343,11 +344,11 @@ def taskonomy_buildings(root: str | os.PathLike) -> list[str]:
     root = Path(root)
     for domain in ("rgb", "normal"):
         if not (root / domain).is_dir():
-            raise FileNotFoundError(f"{root / domain} is missing; expected the {TASKONOMY_LAYOUT}; "
+            raise NotFoundError(f"{root / domain} is missing; expected the {TASKONOMY_LAYOUT}; "
                                     f"found at {root}: {_found(root)}")
     buildings = sorted(p.name for p in (root / "rgb").iterdir() if p.is_dir())
     if not buildings:
-        raise FileNotFoundError(f"{root / 'rgb'} has no building folders; expected the {TASKONOMY_LAYOUT}; "
+        raise NotFoundError(f"{root / 'rgb'} has no building folders; expected the {TASKONOMY_LAYOUT}; "
                                 f"found: {_found(root / 'rgb')}")
     return buildings
 
@@ -357,13 +358,13 @@ def list_taskonomy(root: str | os.PathLike, buildings: list[str] | None = None) 
     found = taskonomy_buildings(root)
     unknown = sorted(set(buildings or ()) - set(found))
     if unknown:
-        raise ValueError(f"buildings {unknown[:5]} are not under {root / 'rgb'}; found {found[:10]}"
+        raise ConfigError(f"buildings {unknown[:5]} are not under {root / 'rgb'}; found {found[:10]}"
                          f"{' ...' if len(found) > 10 else ''}")
     images = []
     for building in buildings or found:
         images += [p for p in list_images(root / "rgb" / building) if p.name.endswith("_domain_rgb.png")]
     if not images:
-        raise FileNotFoundError(f"no *_domain_rgb.png under {root / 'rgb'}; expected the {TASKONOMY_LAYOUT}")
+        raise NotFoundError(f"no *_domain_rgb.png under {root / 'rgb'}; expected the {TASKONOMY_LAYOUT}")
 
     def domain(p: Path, name: str) -> Path:
         return root / name / p.parent.name / p.name.replace("_domain_rgb.png", f"_domain_{name}.png")
@@ -389,7 +390,7 @@ def taskonomy_split(root: str | os.PathLike, buildings: list[str] | None = None,
     train = buildings or [b for b in found if b not in set(val_buildings)]
     shared = sorted(set(train) & set(val_buildings))
     if not train or not val_buildings or shared:
-        raise ValueError(f"Taskonomy needs disjoint, non-empty train and val buildings; got train {train[:5]}, "
+        raise ConfigError(f"Taskonomy needs disjoint, non-empty train and val buildings; got train {train[:5]}, "
                          f"val {list(val_buildings)[:5]} (shared: {shared[:5]}) from {found[:10]}")
     return train, list(val_buildings)
 
@@ -454,7 +455,7 @@ class StereoSampleDataset(Dataset):
 
     def __init__(self, split: str = "train", size: int | tuple[int, int] = 256, seed: int = 0, num_crops: int = 32):
         if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+            raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
         self.task, self.size = "depth", size_hw(size)
         left, _ = stereo_depth()
         self.boxes = stereo_boxes(split, size, seed, num_crops, left.shape[:2])
@@ -505,14 +506,14 @@ class DenseDataModule(BaseDataModule):
                  train_size: int | tuple[int, int] | None = None, resize: str = "cover"):
         super().__init__()
         if dataset not in DATASET_TASKS:
-            raise ValueError(f"dataset must be one of {sorted(DATASET_TASKS)}, got {dataset!r}")
+            raise ConfigError(f"dataset must be one of {sorted(DATASET_TASKS)}, got {dataset!r}")
         task = task or DATASET_TASKS[dataset][0]
         if task not in DATASET_TASKS[dataset]:
-            raise ValueError(f"{dataset} supports the tasks {list(DATASET_TASKS[dataset])}, got {task!r}")
+            raise ConfigError(f"{dataset} supports the tasks {list(DATASET_TASKS[dataset])}, got {task!r}")
         if resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+            raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         if root is None and dataset != "stereo_sample":
-            raise ValueError(f"{dataset} needs root: the folder holding your local copy")
+            raise ConfigError(f"{dataset} needs root: the folder holding your local copy")
         # `task` stays out: LightningCLI records the given (possibly empty) value, which would clash with the
         # method's resolved `task` when Lightning merges both into the logged hparams
         self.save_hyperparameters(ignore=["task"])

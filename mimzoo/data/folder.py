@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .images import IMAGE_EXTENSIONS, CorruptImageError, decode_image
+from ..errors import NotFoundError
 
 
 class CorruptImageWarning(UserWarning):
@@ -27,10 +28,10 @@ def report_corrupt(error: CorruptImageError) -> None:
 def list_images(root: str | os.PathLike, extensions=IMAGE_EXTENSIONS) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        raise NotFoundError(f"image folder {root} does not exist")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
     if not files:
-        raise FileNotFoundError(f"no images in {root} (searched recursively for {', '.join(extensions)})")
+        raise NotFoundError(f"no images in {root} (searched recursively for {', '.join(extensions)})")
     return files
 
 

@@ -8,10 +8,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import Error
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(Error, ValueError):
+    """A file that cannot be decoded as an image; datasets skip and count it."""
+
     def __init__(self, source: str, reason: str):
         super().__init__(f"cannot decode image {source}: {reason}")
         self.source, self.reason = source, reason

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from .datamodule import BaseDataModule
 from .folder import report_corrupt
 from .images import IMAGE_EXTENSIONS, CorruptImageError, decode_image
+from ..errors import ConfigError, NotFoundError
 
 PAIR_KEYS = ("0.jpg", "1.jpg", "json")
 
@@ -70,7 +71,7 @@ def find_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
     pickle and is never read), or plain pair folders holding exactly two images (sorted names = A, B)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"pair folder {root} does not exist")
+        raise NotFoundError(f"pair folder {root} does not exist")
     pairs = []
     for folder in sorted({p.parent for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS}):
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
@@ -79,7 +80,7 @@ def find_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
         elif len(images) == 2:
             pairs.append((images[0], images[1]))
     if not pairs:
-        raise FileNotFoundError(f"no pairs under {root}: expected folders holding 0000.jpg + 0001.jpg (MIMIC) or "
+        raise NotFoundError(f"no pairs under {root}: expected folders holding 0000.jpg + 0001.jpg (MIMIC) or "
                                 f"exactly two images each")
     return pairs
 
@@ -91,7 +92,7 @@ def read_pair_csv(path: str | os.PathLike, base: str | os.PathLike | None = None
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if not {"path1", "path2"} <= set(reader.fieldnames or ()):
-            raise ValueError(f"{path} needs the columns path1 and path2 (MIMIC's CSV), found {reader.fieldnames}")
+            raise ConfigError(f"{path} needs the columns path1 and path2 (MIMIC's CSV), found {reader.fieldnames}")
         return [(base / row["path1"], base / row["path2"]) for row in reader]
 
 

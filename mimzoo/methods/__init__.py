@@ -1,64 +1,40 @@
-"""Pretraining methods: one LightningModule each, on the shared backbone and `Method` base."""
+"""Methods: one LightningModule each (pretraining and downstream), on the shared backbone and the `Method` base.
+
+`METHODS` is the registry: name -> class. `mimzoo.load(..., model="pretrainer")` rebuilds a checkpoint's method
+through it; adding a method is its own file plus one entry here.
+"""
 from __future__ import annotations
 
-from .base import Method, warmup_cosine, weight_decay_groups
+from ..errors import UnknownNameError
+from ..loading import Converted
+from .base import LossOutput, Method
 from .croco import MIMIC, CroCo, CroCoOutput
-from .finetune import Finetune, layer_decay_groups
+from .dense import DenseFinetune, DenseOutput
+from .finetune import ClassifierOutput, Finetune
+from .linear_probe import LinearProbe
 from .mae import MAE, MAEOutput
 
-__all__ = ["Method", "MAE", "MAEOutput", "CroCo", "CroCoOutput", "MIMIC", "Finetune", "layer_decay_groups",
-           "warmup_cosine", "weight_decay_groups", "pretrainer_from_converted"]
+METHODS: dict[str, type[Method]] = {m.name: m for m in (MAE, CroCo, MIMIC, Finetune, LinearProbe, DenseFinetune)}
+
+__all__ = ["METHODS", "Method", "MAE", "MAEOutput", "CroCo", "CroCoOutput", "MIMIC", "Finetune", "LinearProbe",
+           "DenseFinetune", "LossOutput", "ClassifierOutput", "DenseOutput", "method_for", "pretrainer"]
 
 
-def _mae_from_converted(config: dict, overrides: dict) -> MAE:
-    dec = config.get("decoder")
-    if dec is None:
-        raise ValueError("this MAE checkpoint holds the encoder only (the released mae_pretrain_vit_* files); "
-                         "load it with model='backbone', or use the *_full / *_visualize zoo entries for the "
-                         "decoder")
-    norm_pix = config.get("norm_pix_loss")
-    return MAE(backbone=config["backbone"], decoder_embed_dim=dec["embed_dim"], decoder_depth=dec["depth"],
-               decoder_num_heads=overrides.get("decoder_num_heads") or dec["num_heads"],
-               norm_pix_loss=True if norm_pix is None else bool(norm_pix),
-               image_size=config["backbone"].get("img_size", 224))
+def method_for(config: dict) -> type[Method]:
+    """The registered class that rebuilds a converted file: its `method` field (upstream converters and mimzoo
+    checkpoints both write it; checkpoints from before the field existed name their class in `class_path`)."""
+    name = config.get("method")
+    if name in METHODS:
+        return METHODS[name]
+    by_class = {cls.__name__: cls for cls in METHODS.values()}
+    legacy = str(config.get("class_path", "")).rpartition(".")[2]
+    if legacy in by_class:
+        return by_class[legacy]
+    raise UnknownNameError(
+        f"model='pretrainer' is not available for {name!r} checkpoints: mimzoo has no such method yet (it has "
+        f"{', '.join(METHODS)}); model='backbone' loads the encoder")
 
 
-def pretrainer_from_converted(config: dict, state_dict: dict, **overrides):
-    """The method LightningModule for converted weights (upstream file, mimzoo folder or Lightning checkpoint)."""
-    import importlib
-
-    from ..loading import load_strict
-
-    if "class_path" in config:  # written by a mimzoo method: Lightning checkpoint or save_pretrained folder
-        module_name, _, cls_name = config["class_path"].rpartition(".")
-        if not module_name.startswith("mimzoo."):  # a checkpoint never chooses arbitrary code to import
-            raise ValueError(f"refusing to build {config['class_path']!r}: only mimzoo methods can be rebuilt")
-        cls = getattr(importlib.import_module(module_name), cls_name)
-        hp = {k: v for k, v in config.get("hyper_parameters", {}).items() if not k.startswith("_")}
-        # rebuild from the saved backbone config: no second download of `pretrained` weights, exact architecture
-        hp.update(backbone=config["backbone"], backbone_kwargs=None)
-        if "pretrained" in hp:
-            hp["pretrained"] = None
-        model = cls(**hp)
-    elif config.get("contents") == "finetuned":
-        bb = config["backbone"]
-        model = Finetune(backbone=bb, num_classes=bb["num_classes"], global_pool=bb.get("global_pool", "avg"),
-                         image_size=bb.get("img_size", 224))
-    elif config.get("method") == "mae":
-        model = _mae_from_converted(config, overrides)
-    elif config.get("method") in ("croco", "mimic"):
-        dec = config["decoder"]
-        if dec is None:
-            raise ValueError("this checkpoint holds the encoder only; load it with model='backbone'")
-        cls = CroCo if config["method"] == "croco" else MIMIC
-        model = cls(backbone=config["backbone"], mask_ratio=config.get("mask_ratio", 0.9),
-                    decoder_embed_dim=dec["embed_dim"], decoder_depth=dec["depth"],
-                    decoder_num_heads=overrides.get("decoder_num_heads") or dec["num_heads"],
-                    image_size=config["backbone"].get("img_size", 224),
-                    norm_pix_loss=config.get("norm_pix_loss") is not False)
-    else:
-        raise NotImplementedError(
-            f"model='pretrainer' is not available yet for {config.get('method')!r} checkpoints (its method is not "
-            f"implemented in this version); model='backbone' loads the encoder")
-    load_strict(model, state_dict, what=config.get("format", "checkpoint"))
-    return model.eval()
+def pretrainer(converted: Converted, **overrides) -> Method:
+    """The method LightningModule of a converted file, with every part it holds, strictly loaded, in eval mode."""
+    return method_for(converted.config).from_converted(converted, **overrides)

@@ -4,14 +4,16 @@ removed pixels with a decoder that also attends to view 2."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
 from ..models.decoders import CrossDecoder, masked_mse, patchify
 from ..models.masking import croco_mask, mae_masking
 from ..views import CroCoPairViews, PairViews
-from .base import Method, build_backbone
+from ..errors import ConfigError
+from ..optim import Optimization
+from .base import Method
 from .pictures import ReconstructionPictures
 
 
@@ -42,45 +44,70 @@ class CroCo(ReconstructionPictures, Method):
     v2 = `{"pos_embed": "rope"}` (RoPE base 100, in the encoder and in every decoder attention).
 
     Defaults: CroCo's ViT-B/16 (no cls token) with the 512 x 8 decoder, mask 0.9 with CroCo's rounding,
-    normalised-pixel loss, AdamW(0.9, 0.95) wd 0.05, blr 1.5e-4, 40 warmup epochs, and `cosine_epochs` for
+    normalised-pixel loss, AdamW(0.9, 0.95) wd 0.05, blr 1.5e-4, 40 warmup epochs, and `optim.cosine_epochs` for
     CroCo's habit of stopping (max_epochs) before the end of its cosine; pair views as CroCo trains
     (independent crops and colour jitter) or MIMIC's (`views="mimic"`: the stored views, randomly swapped).
+
+    Args:
+        backbone: architecture name or ViT config dict; None = the file's with `weights`, else vit_base_patch16
+            with `encoder_defaults` (CroCo: no cls token, RoPE, mean pooling).
+        backbone_kwargs: ViT arguments (see `mimzoo.loading.backbone_for`).
+        weights: start from a checkpoint: its encoder and, when it has a cross-view decoder, its decoder.
+        mask_ratio: fraction of view 1's patches removed.
+        masking_rule: "croco" (int(ratio N) masked, visible in patch order) or "mae" (MIMIC's: int(N (1 - ratio))
+            kept, in ascending-noise order).
+        norm_pix_loss: per-patch normalised pixel targets; None = what `weights` was trained with, else True.
+        decoder_embed_dim, decoder_depth, decoder_num_heads: the decoder; None = the file's, else 512, 8, 16.
+        image_size: the views' size.
+        views: "croco" (independent crops + colour jitter) or "mimic" (the stored views, randomly swapped).
+        optim: optimisation (CroCo: blr 1.5e-4, AdamW(0.9, 0.95), wd 0.05, 40 warmup epochs).
+        picture_every_n_epochs: reconstruction pictures every n validation epochs.
     """
+
+    name = "croco"
+    # the encoder CroCo trains when `backbone` leaves it open
+    encoder_defaults: ClassVar[dict] = {"class_token": False, "pos_embed": "rope", "global_pool": "avg"}
 
     def __init__(
         self,
-        backbone: str | dict = "vit_base_patch16",
+        backbone: str | dict | None = None,
         backbone_kwargs: dict | None = None,
+        weights: str | None = None,
         mask_ratio: float = 0.9,
         masking_rule: Literal["croco", "mae"] = "croco",
-        norm_pix_loss: bool = True,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
+        norm_pix_loss: bool | None = None,
+        decoder_embed_dim: int | None = None,
+        decoder_depth: int | None = None,
+        decoder_num_heads: int | None = None,
         image_size: int = 224,
         views: Literal["croco", "mimic"] = "croco",
-        blr: float = 1.5e-4,
-        lr: float | None = None,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_epochs: float = 40,
-        min_lr: float = 0.0,
-        cosine_epochs: float | None = None,
+        optim: Optimization = Optimization(blr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95), warmup_epochs=40),
         picture_every_n_epochs: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters()
-        defaults = {"class_token": False, "pos_embed": "rope", "global_pool": "avg"}
-        if not isinstance(backbone, dict):
-            backbone_kwargs = {**defaults, **(backbone_kwargs or {})}
-        self.backbone = vit = build_backbone(backbone, backbone_kwargs)
+        vit = self.init_backbone(backbone, backbone_kwargs, weights,
+                                 defaults=None if isinstance(backbone, dict) else self.encoder_defaults)
+        self.init_optim(optim)
+        dec = self.file_part("decoder", "cross", embed_dim=(decoder_embed_dim, 512), depth=(decoder_depth, 8),
+                             num_heads=(decoder_num_heads, 16), mlp_ratio=(None, 4.0))
+        self.norm_pix_loss = self.file_fact("norm_pix_loss", norm_pix_loss, True)
         p = vit.patch_embed.patch_size[0]
-        self.decoder = CrossDecoder(vit.embed_dim, vit.num_patches, vit.grid_size, p * p * 3, decoder_embed_dim,
-                                    decoder_depth, decoder_num_heads, num_prefix_tokens=vit.num_prefix_tokens,
+        self.decoder = CrossDecoder(vit.embed_dim, vit.num_patches, vit.grid_size, p * p * 3, dec["embed_dim"],
+                                    dec["depth"], dec["num_heads"], dec["mlp_ratio"],
+                                    num_prefix_tokens=vit.num_prefix_tokens,
                                     rope_base=vit.rope_base if vit.pos_embed_kind == "rope" else None)
         mean, std = vit.data_config["mean"], vit.data_config["std"]
         self.views = (CroCoPairViews(size=image_size, mean=mean, std=std) if views == "croco"
                       else PairViews(size=image_size, mean=mean, std=std))
+        self.load_file_parts()
+
+    @classmethod
+    def converted_kwargs(cls, config: dict) -> dict:
+        if not config.get("decoder"):
+            raise ConfigError("this checkpoint holds the encoder only: load it with model='backbone', or start "
+                              "training from it with CroCo(weights=...)")
+        return {**super().converted_kwargs(config), "mask_ratio": config.get("mask_ratio", 0.9)}
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor, noise: torch.Tensor | None = None) -> CroCoOutput:
         hp = self.hparams
@@ -91,15 +118,12 @@ class CroCo(ReconstructionPictures, Method):
         feat2 = self.backbone.forward_features(img2)
         pred, decoder_normed = self.decoder(feat1, feat2, ids_restore)
         target = patchify(img1, self.backbone.patch_embed.patch_size[0])
-        loss = masked_mse(pred.float(), target.float(), mask, hp.norm_pix_loss)
+        loss = masked_mse(pred.float(), target.float(), mask, self.norm_pix_loss)
         return CroCoOutput(loss, pred, mask, feat1, feat2, decoder_normed)
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        if batch["image"].dtype == torch.uint8:
-            self.views.train(self.training)
-            v = self.views(batch["image"], batch["image2"])
-            batch = {**batch, "image": v.images1, "image2": v.images2}
-        return batch
+    def make_views(self, batch: dict) -> dict:
+        v = self.views(batch["image"], batch["image2"])
+        return {"image": v.images1, "image2": v.images2}
 
     def training_loss(self, batch: dict) -> CroCoOutput:
         return self(batch["image"], batch["image2"])
@@ -135,21 +159,32 @@ class CroCo(ReconstructionPictures, Method):
 
 
 class MIMIC(CroCo):
-    """MIMIC's multi-view MAE (the model behind the released MIMIC-3M checkpoint): MAE's encoder (cls token,
-    fixed sin-cos table) + CroCo's cross-attention decoder, MAE's masking rule (at 0.9 it keeps int(196 * 0.1) = 19
-    patches where CroCo keeps 20), MIMIC's loader (the stored 224 x 224 views, randomly swapped, nothing else).
-    Recipe: batch 4096, blr 1.5e-4, 200 epochs, 20 warmup, mask 0.9, norm-pix. Same arguments as CroCo."""
+    """MIMIC's multi-view MAE (the model behind the released MIMIC-3M checkpoint): CroCo with MIMIC's defaults.
+    MAE's encoder (cls token, fixed sin-cos table) + CroCo's cross-attention decoder, MAE's masking rule (at 0.9 it
+    keeps int(196 * 0.1) = 19 patches where CroCo keeps 20), MIMIC's loader (the stored 224 x 224 views, randomly
+    swapped, nothing else). Recipe: batch 4096, blr 1.5e-4, 200 epochs, 20 warmup, mask 0.9, norm-pix.
+    Same arguments as CroCo."""
 
-    def __init__(self, backbone: str | dict = "vit_base_patch16", backbone_kwargs: dict | None = None,
-                 mask_ratio: float = 0.9, masking_rule: Literal["croco", "mae"] = "mae", norm_pix_loss: bool = True,
-                 decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
-                 image_size: int = 224, views: Literal["croco", "mimic"] = "mimic", blr: float = 1.5e-4,
-                 lr: float | None = None, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95),
-                 warmup_epochs: float = 20, min_lr: float = 0.0, cosine_epochs: float | None = None,
-                 picture_every_n_epochs: int = 1):
-        if not isinstance(backbone, dict):  # MAE's encoder instead of CroCo's
-            backbone_kwargs = {"class_token": True, "pos_embed": "sincos", "global_pool": "token",
-                               **(backbone_kwargs or {})}
-        super().__init__(backbone, backbone_kwargs, mask_ratio, masking_rule, norm_pix_loss, decoder_embed_dim,
-                         decoder_depth, decoder_num_heads, image_size, views, blr, lr, weight_decay, betas,
-                         warmup_epochs, min_lr, cosine_epochs, picture_every_n_epochs)
+    name = "mimic"
+    encoder_defaults: ClassVar[dict] = {"class_token": True, "pos_embed": "sincos", "global_pool": "token"}
+
+    def __init__(
+        self,
+        backbone: str | dict | None = None,
+        backbone_kwargs: dict | None = None,
+        weights: str | None = None,
+        mask_ratio: float = 0.9,
+        masking_rule: Literal["croco", "mae"] = "mae",
+        norm_pix_loss: bool | None = None,
+        decoder_embed_dim: int | None = None,
+        decoder_depth: int | None = None,
+        decoder_num_heads: int | None = None,
+        image_size: int = 224,
+        views: Literal["croco", "mimic"] = "mimic",
+        optim: Optimization = Optimization(blr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95), warmup_epochs=20),
+        picture_every_n_epochs: int = 1,
+    ):
+        super().__init__(backbone=backbone, backbone_kwargs=backbone_kwargs, weights=weights, mask_ratio=mask_ratio,
+                         masking_rule=masking_rule, norm_pix_loss=norm_pix_loss, decoder_embed_dim=decoder_embed_dim,
+                         decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads, image_size=image_size,
+                         views=views, optim=optim, picture_every_n_epochs=picture_every_n_epochs)

@@ -3,7 +3,7 @@ mean-pooled patch tokens + fc_norm, layer-wise lr decay, drop path, RandAugment,
 random erasing. Works on any zoo backbone."""
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 
 import kornia.augmentation as K
 import torch
@@ -13,40 +13,26 @@ from kornia.augmentation.auto import RandAugment
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
+from ..errors import ConfigError
 from ..models import ViT
-from .base import Augmentation, Method, pretrained_or_built
+from ..optim import Optimization
+from ..views import Augmentation, EvalView
+from .base import Method
+
+# parts of a classifier ViT that fine-tuning rebuilds (a pretrained encoder has none, or another task's)
+CLASSIFIER_KEYS = ("head.", "fc_norm.")
 
 
-def layer_id(name: str, num_layers: int) -> int:
-    """BEiT/MAE layer index: embeddings 0, block i -> i + 1, everything after the blocks num_layers."""
-    if name in ("cls_token", "pos_embed", "reg_token") or name.startswith("patch_embed"):
-        return 0
-    if m := re.match(r"blocks\.(\d+)\.", name):
-        return int(m.group(1)) + 1
-    return num_layers
+@dataclass
+class ClassifierOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor
 
 
-def layer_decay_groups(vit: ViT, weight_decay: float, layer_decay: float, prefix: str = "") -> list[dict]:
-    """MAE's `param_groups_lrd`: lr_scale = layer_decay^(num_layers - layer_id), num_layers = depth + 1; no weight
-    decay on 1-D tensors and on the position table and tokens (timm's `no_weight_decay`)."""
-    num_layers = len(vit.blocks) + 1
-    skip = vit.no_weight_decay()
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in vit.named_parameters():
-        if not p.requires_grad:
-            continue
-        decay = not (p.ndim == 1 or name in skip)
-        lid = layer_id(name, num_layers)
-        g = groups.setdefault((lid, decay), {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
-                                              "lr_scale": layer_decay ** (num_layers - lid)})
-        g["params"].append(p)
-        g["names"].append(prefix + name)
-    return [groups[k] for k in sorted(groups)]
-
-
-def classifier_backbone(backbone: ViT, num_classes: int, drop_path_rate: float, global_pool: str) -> ViT:
+def classifier_backbone(backbone: ViT, num_classes: int, drop_path_rate: float, global_pool: str) -> tuple[ViT, list]:
     """Rebuild a pretrained encoder as MAE's fine-tuning ViT: with global_pool="avg" the final norm is replaced by
-    fc_norm after pooling; a fresh head with MAE's init (trunc normal, std 2e-5)."""
+    fc_norm after pooling; the classifier (head, fc_norm) is kept when the encoder already has one of this shape
+    (a fine-tuned checkpoint), else new with MAE's init (head: trunc normal std 2e-5). Returns (ViT, notes)."""
     cfg = dict(backbone._hub_mixin_config)
     avg = global_pool == "avg"
     cfg.update(num_classes=num_classes, drop_path_rate=drop_path_rate, global_pool=global_pool,
@@ -54,39 +40,36 @@ def classifier_backbone(backbone: ViT, num_classes: int, drop_path_rate: float, 
     if cfg.get("pos_embed") == "sincos":
         cfg["pos_embed"] = "learn"  # MAE fine-tunes the (loaded) table
     vit = ViT(**cfg)
-    own = vit.state_dict()
-    weights = {k: v for k, v in backbone.state_dict().items() if k in own and not k.startswith(("head.", "fc_norm."))
-               and own[k].shape == v.shape}
-    missing = set(own) - set(weights) - {k for k in own if k.startswith(("head.", "fc_norm."))}
+    own, held = vit.state_dict(), backbone.state_dict()
+    weights = {k: v for k, v in held.items() if k in own and own[k].shape == v.shape}
+    missing = set(own) - set(weights) - {k for k in own if k.startswith(CLASSIFIER_KEYS)}
     if missing:
-        raise ValueError(f"pretrained backbone lacks {sorted(missing)} for fine-tuning")
+        raise ConfigError(f"pretrained backbone lacks {sorted(missing)} for fine-tuning")
     vit.load_state_dict(weights, strict=False)
-    torch.nn.init.trunc_normal_(vit.head.weight, std=2e-5)
-    torch.nn.init.zeros_(vit.head.bias)
-    return vit
-
-
-def eval_views(image_size: int, mean, std) -> Augmentation:
-    """MAE's evaluation transform on the device: resize the short side to image_size / 0.875 (bicubic), centre
-    crop image_size (256 -> 224), normalise."""
-    return Augmentation(torch.nn.Sequential(K.Resize(int(image_size / 0.875), resample="bicubic", side="short"),
-                                            K.CenterCrop(image_size), K.Normalize(torch.tensor(mean), torch.tensor(std))))
+    new = sorted({k.split(".")[0] for k in own if k.startswith(CLASSIFIER_KEYS) and k not in weights})
+    if "head" in new:
+        torch.nn.init.trunc_normal_(vit.head.weight, std=2e-5)
+        torch.nn.init.zeros_(vit.head.bias)
+    dropped = sorted({k.split(".")[0] for k in held if k not in own})
+    notes = [f"new {', '.join(new)}"] if new else []
+    return vit, notes + ([f"{', '.join(dropped)} dropped ({global_pool} pooling)"] if dropped else [])
 
 
 class Classifier(Method):
     """What classifiers on a backbone share (fine-tuning, linear probe): uint8 batches turned into train or eval
-    views on the device, top-1 / top-5 validation. Subclasses call `setup_classification` and define forward."""
+    views on the device (the eval view is MAE's), top-1 / top-5 validation. Subclasses call
+    `setup_classification` and define forward."""
 
-    def setup_classification(self, num_classes: int, train_views: Augmentation, eval_views: Augmentation) -> None:
-        self.train_views, self.eval_views = train_views, eval_views
+    def setup_classification(self, num_classes: int, train_views: torch.nn.Module, image_size: int) -> None:
+        mean, std = self.backbone.data_config["mean"], self.backbone.data_config["std"]
+        self.train_views, self.eval_views = train_views, EvalView(image_size, mean, std)
         self.val_top1 = torchmetrics.Accuracy("multiclass", num_classes=num_classes)
         self.val_top5 = torchmetrics.Accuracy("multiclass", num_classes=num_classes, top_k=min(5, num_classes))
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        if batch["image"].dtype == torch.uint8:
-            views = self.train_views if self.training else self.eval_views
-            batch = {**batch, "image": views(batch["image"].float() / 255)}
-        return batch
+    def make_views(self, batch: dict) -> dict:
+        if self.training:
+            return {"image": self.train_views(batch["image"].float() / 255)}
+        return {"image": self.eval_views(batch["image"])}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["image"])
@@ -97,21 +80,35 @@ class Classifier(Method):
 
 
 class Finetune(Classifier):
-    """`backbone` is a zoo name, a checkpoint path or an architecture name (random init).
+    """Fine-tune a backbone as a classifier, MAE's recipe (defaults: its ViT-B numbers: blr 5e-4, layer decay
+    0.65, drop path 0.1, 100 epochs, warmup 5, batch 1024, wd 0.05, AdamW(0.9, 0.999), mixup 0.8, cutmix 1.0,
+    smoothing 0.1, RandAugment(2, 9), random erasing 0.25).
 
-    Defaults: MAE's ViT-B recipe (blr 5e-4, layer decay 0.65, drop path 0.1, 100 epochs, warmup 5, batch 1024,
-    wd 0.05, AdamW(0.9, 0.999), mixup 0.8, cutmix 1.0, smoothing 0.1, RandAugment(2, 9), random erasing 0.25).
+    Args:
+        backbone: architecture name or ViT config dict; None = the file's with `weights`, else vit_base_patch16.
+        backbone_kwargs: ViT arguments (see `mimzoo.loading.backbone_for`).
+        weights: the pretrained encoder (zoo name, path, `hf-hub:`); a fine-tuned classifier of `num_classes`
+            classes keeps its head.
+        num_classes: classes of the new head.
+        global_pool: "avg" (mean of patch tokens + fc_norm, MAE's) or "token".
+        drop_path_rate: stochastic depth of the fine-tuned encoder.
+        image_size: training and evaluation resolution.
+        mixup, cutmix, smoothing: timm's Mixup (off when both alphas are 0).
+        randaug_n, randaug_m: RandAugment operations and magnitude (n 0 = off).
+        reprob: random erasing probability.
+        optim: optimisation (layer_decay 0.65, blr 5e-4, AdamW(0.9, 0.999), wd 0.05, 5 warmup epochs, min lr 1e-6).
     """
+
+    name = "finetune"
 
     def __init__(
         self,
-        backbone: str | dict = "vit_base_patch16",
+        backbone: str | dict | None = None,
         backbone_kwargs: dict | None = None,
-        pretrained: str | None = None,
+        weights: str | None = None,
         num_classes: int = 1000,
         global_pool: str = "avg",
         drop_path_rate: float = 0.1,
-        layer_decay: float = 0.65,
         image_size: int = 224,
         mixup: float = 0.8,
         cutmix: float = 1.0,
@@ -119,17 +116,16 @@ class Finetune(Classifier):
         randaug_n: int = 2,
         randaug_m: int = 9,
         reprob: float = 0.25,
-        blr: float = 5e-4,
-        lr: float | None = None,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_epochs: float = 5,
-        min_lr: float = 1e-6,
+        optim: Optimization = Optimization(blr=5e-4, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=5,
+                                           min_lr=1e-6, layer_decay=0.65),
     ):
         super().__init__()
         self.save_hyperparameters()
-        encoder = pretrained_or_built(backbone, backbone_kwargs, pretrained)
-        self.backbone = classifier_backbone(encoder, num_classes, drop_path_rate, global_pool)
+        encoder = self.init_backbone(backbone, backbone_kwargs, weights)
+        self.init_optim(optim)
+        self.backbone, notes = classifier_backbone(encoder, num_classes, drop_path_rate, global_pool)
+        if self.weights_file is not None:
+            self._notes += notes
         mean, std = self.backbone.data_config["mean"], self.backbone.data_config["std"]
         steps = [K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0), resample="bicubic"),
                  K.RandomHorizontalFlip()]
@@ -138,25 +134,26 @@ class Finetune(Classifier):
         steps.append(K.Normalize(torch.tensor(mean), torch.tensor(std)))
         if reprob > 0:
             steps.append(K.RandomErasing(p=reprob, value=0.0))
-        self.setup_classification(num_classes, Augmentation(K.AugmentationSequential(*steps)),
-                                  eval_views(image_size, mean, std))
+        self.setup_classification(num_classes, Augmentation(K.AugmentationSequential(*steps)), image_size)
         self.mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing,
                            num_classes=num_classes) if mixup > 0 or cutmix > 0 else None
         self.train_loss = SoftTargetCrossEntropy()
+        self.load_file_parts()
 
-    def optimizer_groups(self) -> list[dict]:
-        groups = layer_decay_groups(self.backbone, self.hparams.weight_decay, self.hparams.layer_decay)
-        for g in groups:
-            g.pop("names")
-        return groups
+    @classmethod
+    def converted_kwargs(cls, config: dict) -> dict:
+        bb = config["backbone"]
+        return {**super().converted_kwargs(config), "num_classes": bb["num_classes"],
+                "global_pool": bb.get("global_pool", "avg")}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
-    def training_loss(self, batch: dict):
+    def training_loss(self, batch: dict) -> ClassifierOutput:
         images, labels = batch["image"], batch["label"]
         if self.mixup is not None and images.shape[0] % 2 == 0:
             images, targets = self.mixup(images, labels)
         else:
             targets = F.one_hot(labels, self.hparams.num_classes).float()
-        return self.train_loss(self(images), targets)
+        logits = self(images)
+        return ClassifierOutput(self.train_loss(logits, targets), logits)

@@ -8,7 +8,9 @@ import torch
 from ..models.decoders import MAEDecoder, masked_mse, patchify
 from ..models.masking import mae_masking
 from ..views import MAEViews
-from .base import Method, build_backbone
+from ..errors import ConfigError
+from ..optim import Optimization
+from .base import Method
 from .pictures import ReconstructionPictures
 
 
@@ -26,37 +28,64 @@ class MAE(ReconstructionPictures, Method):
     """`MAE(...)(images, noise)` -> MAEOutput, with MAE's masking rule, decoder, targets and loss.
 
     Defaults are the paper's ViT-B recipe; `recipes/mae/` has ViT-B/L/H and the tiny quick start.
+
+    Args:
+        backbone: architecture name or ViT config dict; None = the file's with `weights`, else vit_base_patch16.
+        backbone_kwargs: ViT arguments (see `mimzoo.loading.backbone_for`).
+        weights: start from a checkpoint (zoo name, path in any supported format, `hf-hub:`): its encoder and, when
+            it has an MAE decoder, its decoder (continued pretraining).
+        mask_ratio: fraction of the patches removed.
+        norm_pix_loss: per-patch normalised pixel targets; None = what `weights` was trained with (the file's
+            args, else the zoo's `targets`), else True.
+        decoder_embed_dim, decoder_depth, decoder_num_heads: the decoder; None = the file's decoder, else 512, 8, 16.
+        image_size: the training views' size.
+        crop_scale: RandomResizedCrop's area range.
+        optim: optimisation (MAE: blr 1.5e-4, AdamW(0.9, 0.95), wd 0.05, 40 warmup epochs).
+        compile: `torch.compile` the forward pass.
+        picture_every_n_epochs: reconstruction pictures every n validation epochs.
     """
+
+    name = "mae"
 
     def __init__(
         self,
-        backbone: str | dict = "vit_base_patch16",
+        backbone: str | dict | None = None,
         backbone_kwargs: dict | None = None,
+        weights: str | None = None,
         mask_ratio: float = 0.75,
-        norm_pix_loss: bool = True,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
+        norm_pix_loss: bool | None = None,
+        decoder_embed_dim: int | None = None,
+        decoder_depth: int | None = None,
+        decoder_num_heads: int | None = None,
         image_size: int = 224,
         crop_scale: tuple[float, float] = (0.2, 1.0),
-        blr: float = 1.5e-4,
-        lr: float | None = None,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_epochs: float = 40,
-        min_lr: float = 0.0,
+        optim: Optimization = Optimization(blr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95), warmup_epochs=40),
         compile: bool = False,
         picture_every_n_epochs: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.backbone = vit = build_backbone(backbone, backbone_kwargs)
+        vit = self.init_backbone(backbone, backbone_kwargs, weights)
+        self.init_optim(optim)
+        dec = self.file_part("decoder", "mae", embed_dim=(decoder_embed_dim, 512), depth=(decoder_depth, 8),
+                             num_heads=(decoder_num_heads, 16), mlp_ratio=(None, 4.0))
+        self.norm_pix_loss = self.file_fact("norm_pix_loss", norm_pix_loss, True)
         p = vit.patch_embed.patch_size[0]
-        self.decoder = MAEDecoder(vit.embed_dim, vit.num_patches, vit.grid_size, p * p * 3, decoder_embed_dim,
-                                  decoder_depth, decoder_num_heads, num_prefix_tokens=vit.num_prefix_tokens)
+        self.decoder = MAEDecoder(vit.embed_dim, vit.num_patches, vit.grid_size, p * p * 3, dec["embed_dim"],
+                                  dec["depth"], dec["num_heads"], dec["mlp_ratio"],
+                                  num_prefix_tokens=vit.num_prefix_tokens)
         self.views = MAEViews(size=image_size, scale=tuple(crop_scale), mean=vit.data_config["mean"],
                               std=vit.data_config["std"])
         self._step = torch.compile(self._forward) if compile else self._forward
+        self.load_file_parts()
+
+    @classmethod
+    def converted_kwargs(cls, config: dict) -> dict:
+        if not config.get("decoder"):
+            raise ConfigError("this MAE checkpoint holds the encoder only (the released mae_pretrain_vit_* files): "
+                              "load it with model='backbone', start training from it with MAE(weights=...), or use "
+                              "the *_full / *_visualize zoo entries for the decoder")
+        return super().converted_kwargs(config)
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None,
                 mask_ratio: float | None = None) -> MAEOutput:
@@ -69,14 +98,11 @@ class MAE(ReconstructionPictures, Method):
         latent = self.backbone.forward_features(images, ids_keep)
         pred, decoder_normed = self.decoder(latent, ids_restore)
         target = patchify(images, self.backbone.patch_embed.patch_size[0])
-        loss = masked_mse(pred.float(), target.float(), mask, self.hparams.norm_pix_loss)
+        loss = masked_mse(pred.float(), target.float(), mask, self.norm_pix_loss)
         return MAEOutput(loss, pred, mask, ids_restore, latent, decoder_normed)
 
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        if "image" in batch and batch["image"].dtype == torch.uint8:
-            self.views.train(self.training)
-            batch = {**batch, "image": self.views(batch["image"]).images}
-        return batch
+    def make_views(self, batch: dict) -> dict:
+        return {"image": self.views(batch["image"]).images}
 
     def training_loss(self, batch: dict) -> MAEOutput:
         return self(batch["image"])

@@ -51,12 +51,12 @@ def save_epoch_picture(module, grid: torch.Tensor, folder: str) -> Path | None:
 
 
 class ReconstructionPictures:
-    """Mixin for LightningModules with `views` (mean/std), `backbone` and `hparams.norm_pix_loss`."""
+    """Mixin for LightningModules with `views` (mean/std), `backbone` and `norm_pix_loss`."""
 
     def save_reconstructions(self, images: torch.Tensor, out, reference: torch.Tensor | None = None) -> Path | None:
         trainer = getattr(self, "_trainer", None)
         if trainer is None or trainer.sanity_checking:
             return None
         grid = reconstruction_grid(images, out.pred, out.mask, self.backbone.patch_embed.patch_size[0],
-                                   self.views.mean, self.views.std, self.hparams.norm_pix_loss, reference)
+                                   self.views.mean, self.views.std, self.norm_pix_loss, reference)
         return save_epoch_picture(self, grid, "reconstructions")

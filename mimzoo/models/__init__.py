@@ -1,6 +1,8 @@
 """The shared ViT backbone registry (timm underneath, no writes to timm's global registry)."""
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 import re
 
 from .masking import croco_mask, mae_masking, visible_ids
@@ -26,7 +28,7 @@ def arch_config(name: str) -> dict:
     """ViT kwargs of a timm-style name such as vit_large_patch16."""
     m = re.fullmatch(r"(vit_\w+?)_patch(\d+)(?:_(\d+))?", name)
     if not m or m.group(1) not in ARCHS:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(NAMES)} (or pass embed_dim/depth/"
+        raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(NAMES)} (or pass embed_dim/depth/"
                          f"num_heads explicitly)")
     cfg = dict(ARCHS[m.group(1)], patch_size=int(m.group(2)))
     if m.group(3):

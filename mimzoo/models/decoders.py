@@ -51,6 +51,9 @@ class MAEDecoder(nn.Module):
                  depth: int = 8, num_heads: int = 16, mlp_ratio: float = 4.0, num_prefix_tokens: int = 1,
                  norm_eps: float = 1e-6):
         super().__init__()
+        # what a checkpoint records of this part, so that a method starting from the file rebuilds it
+        self.part_config = {"kind": "mae", "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads,
+                            "mlp_ratio": mlp_ratio}
         self.num_prefix_tokens = num_prefix_tokens
         self.embed = nn.Linear(in_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -131,6 +134,7 @@ class CrossDecoder(MAEDecoder):
                  rope_base: float | None = None, norm_eps: float = 1e-6):
         super().__init__(in_dim, num_patches, grid, pred_dim, embed_dim, 0, num_heads, mlp_ratio, num_prefix_tokens,
                          norm_eps)
+        self.part_config.update(kind="cross", depth=depth)
         norm = lambda d, **kw: nn.LayerNorm(d, eps=norm_eps, **kw)  # noqa: E731
         self.blocks = nn.ModuleList(CrossBlock(embed_dim, num_heads, mlp_ratio, norm, rope=rope_base is not None)
                                     for _ in range(depth))

@@ -4,6 +4,8 @@ mask convention everywhere: 1 / True = removed (hidden from the encoder, predict
 """
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 import torch
 
 
@@ -36,6 +38,6 @@ def visible_ids(mask: torch.Tensor, num_visible: int | None = None) -> torch.Ten
     if num_visible is None:
         counts = visible.sum(1)
         if not bool((counts == counts[0]).all()):
-            raise ValueError(f"every sample must keep the same number of patches, got {counts.tolist()}")
+            raise ConfigError(f"every sample must keep the same number of patches, got {counts.tolist()}")
         num_visible = int(counts[0])
     return torch.argsort(visible.to(torch.int8), dim=1, descending=True, stable=True)[:, :num_visible]

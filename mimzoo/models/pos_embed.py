@@ -1,6 +1,8 @@
 """Positional encodings: MAE's fixed 2-D sin-cos table and CroCo v2's 2-D RoPE."""
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 import torch
 from timm.layers import build_rotary_pos_embed
 
@@ -12,7 +14,7 @@ def sincos_2d(dim: int, grid: tuple[int, int], cls_rows: int = 0) -> torch.Tenso
     [sin | cos] with omega_i = 10000^(-i / (dim/4)); computed in float64 like upstream, prefix rows are zero.
     """
     if dim % 4:
-        raise ValueError(f"sin-cos position embedding needs an embed dim divisible by 4, got {dim}")
+        raise ConfigError(f"sin-cos position embedding needs an embed dim divisible by 4, got {dim}")
     gh, gw = grid
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
     rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64),
@@ -36,7 +38,7 @@ def rope_2d(head_dim: int, grid: tuple[int, int], base: float = 100.0) -> torch.
     are swapped, which the CroCo converter does on the weights (see `mimzoo.convert.croco.rope_quarter_swap`).
     """
     if head_dim % 8:
-        raise ValueError(f"2-D RoPE needs a head dim divisible by 8, got {head_dim}")
+        raise ConfigError(f"2-D RoPE needs a head dim divisible by 8, got {head_dim}")
     sin, cos = build_rotary_pos_embed(list(grid), dim=head_dim, temperature=base, in_pixels=False,
                                       rotate_half=True)
     return torch.cat([sin, cos], dim=-1)

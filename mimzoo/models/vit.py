@@ -6,6 +6,7 @@ passes `ids_keep`, the indices of the patches to encode, in the order the upstre
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
@@ -16,6 +17,8 @@ from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_strict, part, read_folder, write_folder
+from ..errors import ConfigError
 from .blocks import BLOCKS, RopeAttention
 from .pos_embed import rope_2d, sincos_2d
 
@@ -88,9 +91,9 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
         std: Sequence[float] = IMAGENET_STD,
     ):
         if pos_embed not in ("sincos", "learn", "rope", "none"):
-            raise ValueError(f"pos_embed must be one of sincos, learn, rope, none; got {pos_embed!r}")
+            raise ConfigError(f"pos_embed must be one of sincos, learn, rope, none; got {pos_embed!r}")
         if block not in BLOCKS:
-            raise ValueError(f"block must be one of {sorted(BLOCKS)}; got {block!r}")
+            raise ConfigError(f"block must be one of {sorted(BLOCKS)}; got {block!r}")
         if global_pool == "token" and not class_token:
             global_pool = "avg"
         super().__init__(
@@ -188,7 +191,7 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
         """(B, prefix + N, D) tokens after the final norm, patches in patch order; with `ids_keep` (B, K) only
         those patches, in that order."""
         if unused.get("attn_mask") is not None:
-            raise ValueError("mimzoo.models.ViT does not take attn_mask; select tokens with ids_keep instead")
+            raise ConfigError("mimzoo.models.ViT does not take attn_mask; select tokens with ids_keep instead")
         x, rope = self.embed(x, ids_keep)
         for blk in self.blocks:
             x = self._run_block(blk, x, rope)
@@ -208,9 +211,9 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
     ):
         """timm's `forward_intermediates` contract (raw block outputs, optionally normed, NCHW or NLC)."""
         if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be NCHW or NLC, got {output_fmt!r}")
+            raise ConfigError(f"output_fmt must be NCHW or NLC, got {output_fmt!r}")
         if output_fmt == "NCHW" and ids_keep is not None:
-            raise ValueError("NCHW intermediates need every patch: use output_fmt='NLC' with ids_keep")
+            raise ConfigError("NCHW intermediates need every patch: use output_fmt='NLC' with ids_keep")
         take, max_index = feature_take_indices(len(self.blocks), indices)
         B, _, height, width = x.shape
         x, rope = self.embed(x, ids_keep)
@@ -245,7 +248,35 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
             # saved configs must rebuild the resized model, not the one it was loaded as
             self._hub_mixin_config["img_size"] = img_size[0] if img_size[0] == img_size[1] else list(img_size)
 
+    # -- the mimzoo folder format (checkpoint.write_folder / read_folder), through huggingface_hub's mixin --------
+    def _save_pretrained(self, save_directory) -> None:
+        """config.json + model.safetensors in the one mimzoo folder format (`mimzoo.load(dir)` reads it); the
+        mixin adds a model card and `push_to_hub`."""
+        write_folder(save_directory, {"contents": "encoder", "backbone": dict(self._hub_mixin_config)},
+                     {f"backbone.{k}": v for k, v in self.state_dict().items()})
+
     @classmethod
     def from_pretrained(cls, *args, strict: bool = True, **kwargs):
-        """PyTorchModelHubMixin loading, strict by default: a missing or extra key is an error, not a warning."""
+        """PyTorchModelHubMixin loading (a folder or a Hub repo), strict by default: a missing or extra key is an
+        error, not a warning."""
         return super().from_pretrained(*args, strict=strict, **kwargs)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
+                         local_files_only=False, token=None, strict: bool = True, **model_kwargs):
+        folder = Path(model_id)
+        if not folder.is_dir():
+            from huggingface_hub import hf_hub_download
+
+            files = [hf_hub_download(model_id, name, revision=revision, cache_dir=cache_dir,
+                                     force_download=force_download, local_files_only=local_files_only, token=token)
+                     for name in (CONFIG_FILE, WEIGHTS_FILE)]
+            folder = Path(files[0]).parent
+        config, state_dict = read_folder(folder)
+        vit = cls(**{**config["backbone"], **model_kwargs})
+        weights = part(state_dict, "backbone")
+        if strict:
+            load_strict(vit, weights, what=str(model_id))
+        else:
+            vit.load_state_dict(weights, strict=False)
+        return vit

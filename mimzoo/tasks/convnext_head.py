@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import ConfigError
 
 
 class ConvNeXtBlock(nn.Module):
@@ -68,11 +69,11 @@ class ConvNeXtAdapterHead(nn.Module):
         super().__init__()
         side = math.isqrt(preds_per_patch)
         if side * side != preds_per_patch:
-            raise ValueError(f"preds_per_patch must be a perfect square, got {preds_per_patch}")
+            raise ConfigError(f"preds_per_patch must be a perfect square, got {preds_per_patch}")
         if hidden_dim % preds_per_patch:
-            raise ValueError(f"hidden_dim {hidden_dim} is not divisible by preds_per_patch {preds_per_patch}")
+            raise ConfigError(f"hidden_dim {hidden_dim} is not divisible by preds_per_patch {preds_per_patch}")
         if interpolate_mode not in ("bilinear", "nearest"):
-            raise ValueError(f"interpolate_mode must be 'bilinear' or 'nearest', got {interpolate_mode!r}")
+            raise ConfigError(f"interpolate_mode must be 'bilinear' or 'nearest', got {interpolate_mode!r}")
         self.patch_size = patch_size
         self.preds_per_patch = preds_per_patch
         self.side = side

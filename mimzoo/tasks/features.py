@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from ..checkpoint import write_safetensors
+from ..errors import ConfigError
 
 
 POOLINGS = ("default", "cls", "cls_prenorm", "cls_avg", "cls_last4", "cls_avg_last4", "avg")
@@ -25,7 +26,7 @@ def pooled(vit, images: torch.Tensor, pooling: str) -> torch.Tensor:
         return vit(images)
     if pooling in ("cls_prenorm", "cls_last4", "cls_avg_last4"):
         if not vit.num_prefix_tokens:
-            raise ValueError("this backbone has no cls token: use pooling='avg'")
+            raise ConfigError("this backbone has no cls token: use pooling='avg'")
         n = 1 if pooling == "cls_prenorm" else min(4, len(vit.blocks))
         blocks = vit.forward_intermediates(images, indices=n, intermediates_only=True, output_fmt="NLC",
                                            return_prefix_tokens=True)  # raw outputs of the last n blocks
@@ -42,10 +43,10 @@ def pooled(vit, images: torch.Tensor, pooling: str) -> torch.Tensor:
 def pooled_from_tokens(vit, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
     if pooling == "cls":
         if not vit.num_prefix_tokens:
-            raise ValueError("this backbone has no cls token: use pooling='avg'")
+            raise ConfigError("this backbone has no cls token: use pooling='avg'")
         return tokens[:, 0]
     if pooling != "avg":
-        raise ValueError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
+        raise ConfigError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
     return tokens[:, vit.num_prefix_tokens:].mean(1)
 
 

@@ -31,6 +31,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from ..errors import ConfigError
 
 LAMBDA = 0.00025  # upstream's lambd before the division by the number of training samples
 
@@ -51,7 +52,7 @@ def fewshot_splits(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
     for c in labels.unique(sorted=True).tolist():
         members = (labels == c).nonzero().flatten()
         if len(members) < shots:
-            raise ValueError(f"class {c} has {len(members)} samples, fewer than shots={shots}")
+            raise ConfigError(f"class {c} has {len(members)} samples, fewer than shots={shots}")
         chosen.append(members[torch.randperm(len(members), generator=g)[:shots]])
     return torch.cat(chosen).sort().values
 
@@ -89,7 +90,7 @@ def fewshot_accuracy(train_feats: torch.Tensor, train_labels: torch.Tensor, test
     return (pred == test_labels.cpu()).double().mean().item() * 100
 
 
-def fewshot_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+def fewshot_on_features(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                   test_labels: torch.Tensor, *, shots=(1, 2, 5), seeds=(0, 1, 2), lambd: float = LAMBDA,
                   preprocess_test: bool = False) -> dict[int, dict]:
     """{shots: {"mean", "std", "runs"}}: top-1 (%) on the whole test set for each seed's split of the training

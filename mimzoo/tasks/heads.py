@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import ConfigError
 
 
 def default_hooks(depth: int) -> list[int]:
@@ -66,7 +67,7 @@ class DPTHead(nn.Module):
                  layer_dims: Sequence[int] = (96, 192, 384, 768), feature_dim: int = 256, last_dim: int = 32):
         super().__init__()
         if kind not in ("regression", "segmentation"):
-            raise ValueError(f"DPT head kind must be 'regression' or 'segmentation', got {kind!r}")
+            raise ConfigError(f"DPT head kind must be 'regression' or 'segmentation', got {kind!r}")
         dims = [embed_dim] * 4 if isinstance(embed_dim, int) else list(embed_dim)
         resample = [nn.ConvTranspose2d(layer_dims[0], layer_dims[0], 4, stride=4),
                     nn.ConvTranspose2d(layer_dims[1], layer_dims[1], 2, stride=2),
@@ -91,7 +92,7 @@ class DPTHead(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         if len(features) != 4:
-            raise ValueError(f"DPT needs 4 token maps (hooks), got {len(features)}")
+            raise ConfigError(f"DPT needs 4 token maps (hooks), got {len(features)}")
         layers = [p(r(f)) for f, r, p in zip(features, self.reassemble, self.project)]
         x = self.fusion[3](layers[3], None, layers[2].shape[-2:])
         for i in (2, 1, 0):

@@ -7,10 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from .. import loading
+
 from .features import extract
-from .fewshot import LAMBDA, fewshot_probe
+from .fewshot import LAMBDA, fewshot_on_features
 from .knn import knn_predict
-from .linear import linear_probe_features, linear_probe_grid
+from .linear import linear_grid_on_features, linear_probe_on_features
 
 
 def digits_loaders(size: int, batch_size: int = 128) -> tuple[DataLoader, DataLoader]:
@@ -42,11 +44,11 @@ def folder_loaders(root: str, size: int, batch_size: int, workers: int) -> tuple
 
 
 def load_probed(model) -> torch.nn.Module:
-    from ..loading import load
-
+    """A backbone as given, or the backbone of a zoo name / checkpoint, without its classifier (features, not the
+    logits of a fine-tuned classifier)."""
     if isinstance(model, torch.nn.Module):
         return model
-    return load(model, num_classes=0)  # features, not the logits of a fine-tuned classifier
+    return loading.backbone(loading.read(model), num_classes=0)
 
 
 def feature_sets(model, data: str, poolings: Sequence[str], batch_size: int = 128, workers: int = 4,
@@ -87,7 +89,7 @@ def linear_probe(model: str, data: str, *, epochs: int = 90, lr: float = 6.4, pr
     """Top-1/top-5 (%) of MAE's BN + linear head trained with LARS on the cached features (no augmentation: a
     fast estimate; `mimzoo fit` with recipes/downstream/linear_probe_vit_base.yaml runs the full protocol)."""
     xtr, ytr, xte, yte = frozen_features(model, data, pooling, batch_size, workers, cache_dir, progress)
-    out = linear_probe_features(xtr, ytr, xte, yte, epochs=epochs, lr=lr, batch_size=probe_batch_size,
+    out = linear_probe_on_features(xtr, ytr, xte, yte, epochs=epochs, lr=lr, batch_size=probe_batch_size,
                                 warmup_epochs=warmup_epochs, seed=seed)
     return {"linear_top1": out["top1"], "linear_top5": out["top5"], "lr": out["lr"], "epochs": out["epochs"],
             "probe_batch_size": out["batch_size"]}
@@ -102,19 +104,19 @@ def linear_grid_probe(model: str, data: str, *, epochs: int = 50, probe_batch_si
     features = ["cls", "cls_avg", "cls_last4", "cls_avg_last4"] if vit.num_prefix_tokens else ["avg"]
     sets = feature_sets(vit, data, features, batch_size, workers, cache_dir, progress)
     labels = next(iter(sets.values()))
-    out = linear_probe_grid({k: (v[0], v[2]) for k, v in sets.items()}, labels[1], labels[3], epochs=epochs,
+    out = linear_grid_on_features({k: (v[0], v[2]) for k, v in sets.items()}, labels[1], labels[3], epochs=epochs,
                             batch_size=probe_batch_size, seed=seed)
     return {"linear_top1": out["best"]["top1"], "linear_top5": out["best"]["top5"], "best_lr": out["best"]["lr"],
             "best_feature": out["best"]["feature"], "grid": out["grid"]}
 
 
-def lowshot_probe(model: str, data: str, *, shots=(1, 2, 5), seeds=(0, 1, 2), lambd: float = LAMBDA,
+def fewshot_probe(model: str, data: str, *, shots=(1, 2, 5), seeds=(0, 1, 2), lambd: float = LAMBDA,
                   preprocess_test: bool = False, pooling: str = "default", batch_size: int = 128, workers: int = 4,
                   cache_dir: str | None = None, progress: bool = True) -> dict:
     """Mean and standard deviation over seeds of the extreme low-shot logistic-regression top-1 (%) for each
     number of shots (MSN / MIM-Refiner protocol, see `fewshot.py`)."""
     xtr, ytr, xte, yte = frozen_features(model, data, pooling, batch_size, workers, cache_dir, progress)
-    per_shot = fewshot_probe(xtr, ytr, xte, yte, shots=shots, seeds=seeds, lambd=lambd,
+    per_shot = fewshot_on_features(xtr, ytr, xte, yte, shots=shots, seeds=seeds, lambd=lambd,
                              preprocess_test=preprocess_test)
     result = {"seeds": list(seeds)}
     for k, r in per_shot.items():

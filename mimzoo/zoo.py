@@ -9,14 +9,13 @@ from pathlib import Path
 
 import yaml
 
-
+from .errors import ConfigError, UnknownNameError
 
 REGISTRY_FILE = Path(__file__).with_name("checkpoints.yaml")
 
 
-class UnknownModelError(KeyError):
-    def __str__(self) -> str:  # KeyError would quote the message
-        return self.args[0]
+class UnknownModelError(UnknownNameError):
+    """A name that is not in the zoo (checkpoints.yaml or MIMZOO_REGISTRY files)."""
 
 
 def registry() -> dict[str, dict]:
@@ -33,7 +32,7 @@ def _registry(extra: str) -> dict[str, dict]:
             with open(path) as f:
                 models.update(yaml.safe_load(f)["models"])
         except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
-            raise ValueError(f"cannot read the model registry {path}: {e}; it needs a top-level 'models:' mapping") from e
+            raise ConfigError(f"cannot read the model registry {path}: {e}; it needs a top-level 'models:' mapping") from e
     return models
 
 
@@ -72,5 +71,5 @@ def fetch(name: str, *, cache_dir: str | None = None, progress: bool = True) -> 
     if not e.get("source"):
         raise download.DownloadError(
             f"{name!r} has no public download ({e.get('notes', 'never released upstream')}).")
-    path = download.fetch(e["source"], sha256=e.get("sha256"), cache_dir=cache_dir, progress=progress, name=name)
+    path = download.fetch_source(e["source"], sha256=e.get("sha256"), cache_dir=cache_dir, progress=progress, name=name)
     return path, e
