@@ -118,7 +118,8 @@ def main() -> None:
     args = p.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(torch.get_num_threads())
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    cpu = f"CPU ({torch.get_num_threads()} threads)"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
     print(f"# {args.model}, batch {args.batch}, {device}, torch {torch.__version__}")
     results = [run(args, reference=False)]
     if not args.skip_reference:

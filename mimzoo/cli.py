@@ -123,7 +123,8 @@ def cmd_probe(args) -> int:
     elif args.kind == "linear":
         batch = args.probe_batch_size or 256
         lr = args.blr * batch / 256 if args.blr is not None else args.lr
-        result = probe.linear_probe(args.model, args.data, epochs=args.epochs or 90, lr=lr, probe_batch_size=batch, warmup_epochs=args.warmup_epochs,
+        result = probe.linear_probe(args.model, args.data, epochs=args.epochs or 90, lr=lr, probe_batch_size=batch,
+                                    warmup_epochs=args.warmup_epochs,
                                     seed=args.seed, **common)
     else:
         result = probe.fewshot_probe(args.model, args.data, shots=args.shots, seeds=args.seeds, lambd=args.lambd,

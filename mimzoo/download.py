@@ -18,8 +18,15 @@ from urllib.error import HTTPError, URLError
 
 import huggingface_hub.constants
 from filelock import FileLock  # a dependency of huggingface_hub, which uses it for the same purpose
-from huggingface_hub.errors import (EntryNotFoundError, FileMetadataError, GatedRepoError, LocalEntryNotFoundError,
-                                    OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    FileMetadataError,
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, Error
@@ -154,7 +161,7 @@ def _download(url: str, part: Path, progress: bool, label: str, name: str | None
         have = part.stat().st_size if part.exists() else 0
         resp = _open(url, have, part, name)
         if resolve:
-            resp = resolve(resp, lambda u: _open(u, have, part, name))
+            resp = resolve(resp, lambda u, have=have: _open(u, have, part, name))
         with resp:
             if resp.status == 416:  # nothing left to send: the .part is complete, or it is not this file
                 if _content_range(resp.headers.get("Content-Range", ""))[2] == have:

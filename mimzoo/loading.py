@@ -169,7 +169,8 @@ def backbone(converted: Converted, **overrides) -> ViT:
 
 def backbone_for(backbone: str | dict | None = None, backbone_kwargs: dict | None = None,
                  weights: str | os.PathLike | Converted | None = None, *, default: str = "vit_base_patch16",
-                 defaults: dict | None = None, **overrides) -> tuple[ViT, Converted | None]:
+                 defaults: dict | None = None, hints: dict | None = None,
+                 **overrides) -> tuple[ViT, Converted | None]:
     """The backbone of a method, and the converted file it came from (None at random init).
 
     Args:
@@ -178,6 +179,7 @@ def backbone_for(backbone: str | dict | None = None, backbone_kwargs: dict | Non
             error); `BEHAVIOUR` and `AFTER` keys (drop path, pooling, img_size, ...) are applied over it.
         weights: a zoo name, a path in any supported format, `hf-hub:org/repo`, or an already read `Converted`.
         default / defaults: the method's architecture and ViT arguments when built without weights.
+        hints: head counts the weights cannot show (`decoder_num_heads`), for reading `weights`.
         overrides: `BEHAVIOUR` / `AFTER` values the method itself sets (e.g. a fine-tuning resolution).
     """
     kwargs = dict(backbone_kwargs or {})
@@ -189,7 +191,7 @@ def backbone_for(backbone: str | dict | None = None, backbone_kwargs: dict | Non
         if img_size is not None:
             config["img_size"] = img_size
         return build(config, **settable), None
-    converted = read(weights, num_heads=kwargs.get("num_heads"))
+    converted = read(weights, num_heads=kwargs.get("num_heads"), **{k: v for k, v in (hints or {}).items() if v})
     config = converted.config["backbone"]
     asked = backbone_config(backbone, kwargs) if backbone is not None else kwargs
     clash = {k: (v, config.get(k)) for k, v in asked.items()

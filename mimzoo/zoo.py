@@ -32,7 +32,8 @@ def _registry(extra: str) -> dict[str, dict]:
             with open(path) as f:
                 models.update(yaml.safe_load(f)["models"])
         except (OSError, KeyError, TypeError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read the model registry {path}: {e}; it needs a top-level 'models:' mapping") from e
+            raise ConfigError(f"cannot read the model registry {path}: {e}; it needs a top-level 'models:' "
+                              f"mapping") from e
     return models
 
 

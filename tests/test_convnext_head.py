@@ -18,7 +18,8 @@ def test_parameter_count_matches_mimic_ade_log():
     assert n == MIMIC_ADE_PARAMS - VIT_B_ENCODER_PARAMS == 9_588_630
     # 768 -> 6144 projection, four width-384 ConvNeXt blocks, 1x1 conv to 150 classes
     assert sum(p.numel() for p in head.proj.parameters()) == 768 * 6144 + 6144
-    assert sum(p.numel() for p in head.blocks.parameters()) == 4 * ((49 + 1) * 384 + 2 * 384 + 2 * 384 * 1536 + 1536 + 384)
+    per_block = (49 + 1) * 384 + 2 * 384 + 2 * 384 * 1536 + 1536 + 384
+    assert sum(p.numel() for p in head.blocks.parameters()) == 4 * per_block
     assert head.classifier.weight.shape == (150, 384, 1, 1)
 
 
@@ -54,9 +55,12 @@ def test_sub_patch_layout():
     # identity projection and classifier, no blocks, 2x2 sub-patches of 3 channels, one output pixel per sub-patch:
     # token channel (row * 2 + col) * 3 + c lands at pixel (2i + row, 2j + col), class c (as upstream's rearranges)
     for mode in ("bilinear", "nearest"):
-        head = ConvNeXtAdapterHead(12, 3, patch_size=2, preds_per_patch=4, depth=0, hidden_dim=12, interpolate_mode=mode)
-        head.proj.weight.copy_(torch.eye(12)); head.proj.bias.zero_()
-        head.classifier.weight.copy_(torch.eye(3)[:, :, None, None]); head.classifier.bias.zero_()
+        head = ConvNeXtAdapterHead(12, 3, patch_size=2, preds_per_patch=4, depth=0, hidden_dim=12,
+                                   interpolate_mode=mode)
+        head.proj.weight.copy_(torch.eye(12))
+        head.proj.bias.zero_()
+        head.classifier.weight.copy_(torch.eye(3)[:, :, None, None])
+        head.classifier.bias.zero_()
         feat = torch.randn(2, 12, 3, 5)
         out = head([feat], (6, 10))
         expected = torch.empty(2, 3, 6, 10)

@@ -81,3 +81,15 @@ def test_defaults_are_the_papers():
     assert mimic.backbone.has_class_token and mimic.backbone.pos_embed_kind == "sincos"
     assert mimic.hparams.masking_rule == "mae" and mimic.optim.warmup_epochs == 20
     assert mimic.hparams.views == "mimic" and mimic.hparams.decoder_embed_dim == 64
+
+
+@pytest.mark.parametrize("family", ["croco", "croco_v2"])
+def test_croco_starts_from_either_version_with_weights(parity_dir, family):
+    """`CroCo(weights=...)` takes the version from the file (v1: fixed cosine table, v2: RoPE) and continues from
+    its encoder and decoder: the upstream loss, plain and perturbed."""
+    io = load_io(parity_dir / family)
+    for variant, name in (("", "checkpoint.pth"), ("perturbed.", "checkpoint_perturbed.pth")):
+        model = CroCo(weights=str(parity_dir / family / name)).eval()
+        assert model.backbone.pos_embed_kind == ("sincos" if family == "croco" else "rope")
+        with torch.no_grad():
+            assert_close(model(io["images"], io["images2"], noise=io["noise"]).loss, io[variant + "loss"])

@@ -135,7 +135,8 @@ def test_resume_after_kill_gives_the_same_pairs(video, tmp_path):
     proc.wait()
     assert cli(["curate", *copies, "--out", str(out), "--workers", "2", "--quiet"]) == 0
     assert (out / "pairs.jsonl").read_text() == (reference / "pairs.jsonl").read_text()
-    assert sorted(p.name for p in (out / "shards").iterdir()) == sorted(p.name for p in (reference / "shards").iterdir())
+    names = lambda folder: sorted(p.name for p in (folder / "shards").iterdir())
+    assert names(out) == names(reference)
 
 
 def planar_scene(root, tx: list[float], z: float = 5.0, f: float = 200.0, blur_last=False):
@@ -226,8 +227,8 @@ def test_frame_folder_and_training_data(video, tmp_path):
     opts = Options(folder_step=1, folder_offset=1)
     curate([str(path)], tmp_path / "v", workers=1, progress=False)
     curate([str(frames)], tmp_path / "f", workers=1, progress=False, options=opts)
-    by_video = [(json.loads(l)["frame_a"], json.loads(l)["frame_b"]) for l in open(tmp_path / "v" / "pairs.jsonl")]
-    by_folder = [(json.loads(l)["frame_a"], json.loads(l)["frame_b"]) for l in open(tmp_path / "f" / "pairs.jsonl")]
+    frames = lambda index: [(json.loads(line)["frame_a"], json.loads(line)["frame_b"]) for line in open(index)]
+    by_video, by_folder = frames(tmp_path / "v" / "pairs.jsonl"), frames(tmp_path / "f" / "pairs.jsonl")
     assert by_folder == by_video
 
     from mimzoo.data import PairDataModule

@@ -10,9 +10,21 @@ import torch
 from lightning import LightningDataModule
 from PIL import Image
 
-from mimzoo.data import (CorruptImageWarning, DenseDataModule, ResumableLoader, StereoSampleDataset, ade20k_dataset,
-                         collate_images, list_nyuv2, nyuv2_dataset, nyuv2_layout, stereo_depth, taskonomy_buildings,
-                         taskonomy_dataset, taskonomy_split)
+from mimzoo.data import (
+    CorruptImageWarning,
+    DenseDataModule,
+    ResumableLoader,
+    StereoSampleDataset,
+    ade20k_dataset,
+    collate_images,
+    list_nyuv2,
+    nyuv2_dataset,
+    nyuv2_layout,
+    stereo_depth,
+    taskonomy_buildings,
+    taskonomy_dataset,
+    taskonomy_split,
+)
 from mimzoo.data.dense import center_box, resize_nearest, stereo_boxes
 from mimzoo.data.folder import _reported
 
@@ -167,7 +179,8 @@ def test_ade20k_reduces_the_zero_label(ade):
     label.putpalette([255 - i % 256 for i in range(768)])
     label.save(ade / "ADEChallengeData2016" / "annotations" / "training" / "ADE_train_00000002.png")
     raw = blocks(np.array([0, 1, 7, 150], np.uint8), seed=1)
-    assert np.array_equal(ds[1]["mask"].numpy(), np.select([raw == 0, raw == 1, raw == 7, raw == 150], [255, 0, 6, 149]))
+    expected = np.select([raw == 0, raw == 1, raw == 7, raw == 150], [255, 0, 6, 149])
+    assert np.array_equal(ds[1]["mask"].numpy(), expected)
 
 
 def test_ade20k_layout_errors(ade, tmp_path):

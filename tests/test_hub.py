@@ -142,3 +142,40 @@ def test_zoo_doc_is_generated_from_the_yaml(capsys):
     cli(["models", "--markdown"])
     doc = (Path(__file__).parents[1] / "docs" / "zoo.md").read_text()
     assert capsys.readouterr().out.strip() in doc, "docs/zoo.md is stale: regenerate with `mimzoo models --markdown`"
+
+
+def test_zoo_facts_fill_what_the_file_does_not_say(tmp_path, monkeypatch, parity_dir, caplog):
+    """A `{'model': ...}` file records no training args; its zoo entry's `targets: pixel` makes the method train
+    (and reconstruct) on raw pixels, `pooling: avg` makes the backbone pool patch tokens. An explicit argument wins."""
+    from mimzoo.methods import MAE
+
+    io = load_io(parity_dir / "mae_pretrain")
+    data = (parity_dir / "mae_pretrain" / "checkpoint_perturbed.pth").read_bytes()
+    entry = {"method": "mae", "format": "mae", "arch": "vit_tiny_patch16", "decoder": {"num_heads": 4},
+             "sha256": hashlib.sha256(data).hexdigest()}
+    with FileServer({"/mae/vis.pth": data}) as host:
+        registry(tmp_path, monkeypatch, {
+            "tiny_visualize": {**entry, "targets": "pixel", "pooling": "avg",
+                               "source": {"url": f"{host.url}/mae/vis.pth"}},
+            "tiny_full": {**entry, "targets": "norm_pix", "source": {"url": f"{host.url}/mae/vis.pth"}}})
+        pixel = mimzoo.load("tiny_visualize", model="pretrainer", progress=False)
+        normed = mimzoo.load("tiny_full", model="pretrainer", progress=False)
+        started = MAE(weights="tiny_visualize")
+        logger = __import__("logging").getLogger("mimzoo")
+        monkeypatch.setattr(logger, "propagate", True)
+        with caplog.at_level("INFO", logger="mimzoo"):
+            explicit = MAE(weights="tiny_visualize", norm_pix_loss=True)
+        vit = mimzoo.load("tiny_visualize", progress=False)
+    assert pixel.norm_pix_loss is False and started.norm_pix_loss is False and started.hparams.norm_pix_loss is False
+    assert normed.norm_pix_loss is True and explicit.norm_pix_loss is True
+    assert "norm_pix_loss=True (the file was trained with False)" in caplog.text
+    # raw-pixel MSE over the removed patches, written out: patches row-major, channel-last inside a patch
+    x = io["images"]
+    target = x.reshape(2, 3, 14, 16, 14, 16).permute(0, 2, 4, 3, 5, 1).reshape(2, 196, 768)
+    with torch.no_grad():
+        out = pixel(x, noise=io["noise"])
+        expected = (((io["perturbed.pred"] - target) ** 2).mean(-1) * io["mask"]).sum() / io["mask"].sum()
+        assert_close(out.loss, expected, what="raw-pixel loss")
+        assert_close(normed(x, noise=io["noise"]).loss, io["perturbed.loss"], what="norm-pix loss")
+        tokens = vit.forward_features(x)
+        assert_close(vit(x), tokens[:, 1:].mean(1), what="avg pooling")

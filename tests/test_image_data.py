@@ -9,8 +9,15 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from mimzoo.data import (ClassFolderDataModule, CorruptImageError, CorruptImageWarning, ImageDataModule,
-                         decode_image, list_images, sample_images)
+from mimzoo.data import (
+    ClassFolderDataModule,
+    CorruptImageError,
+    CorruptImageWarning,
+    ImageDataModule,
+    decode_image,
+    list_images,
+    sample_images,
+)
 from mimzoo.data.folder import _reported
 
 

@@ -5,10 +5,9 @@ import pytest
 import torch
 
 import mimzoo
-from mimzoo.checkpoint import CheckpointReadError
+from mimzoo.checkpoint import CheckpointReadError, IncompatibleWeightsError
 from mimzoo.cli import main as cli
 from mimzoo.convert import ConversionError, UnsupportedCheckpointError
-from mimzoo.checkpoint import IncompatibleWeightsError
 from mimzoo.models import ViT
 
 from conftest import assert_close, load_io
@@ -86,7 +85,8 @@ def test_missing_key_is_named(tmp_path, mae_sd):
 def test_wrong_shape_names_key_and_shapes(tmp_path, mae_sd):
     sd = dict(mae_sd)
     sd["blocks.0.attn.proj.weight"] = torch.zeros(192, 96)
-    with pytest.raises(IncompatibleWeightsError, match=r"blocks\.0\.attn\.proj\.weight: checkpoint \(192, 96\) vs model \(192, 192\)"):
+    clash = r"blocks\.0\.attn\.proj\.weight: checkpoint \(192, 96\) vs model \(192, 192\)"
+    with pytest.raises(IncompatibleWeightsError, match=clash):
         mimzoo.load(save(tmp_path, {"model": sd}))
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mimzoo.data import (PairDataModule, find_pairs, read_pair_csv, read_records, sample_pairs, write_pair_shard)
-from mimzoo.data.pairs import jpeg
+from mimzoo.data import PairDataModule, find_pairs, read_pair_csv, read_records, sample_pairs, write_pair_shard
+from mimzoo.data.shards import jpeg
 
 
 def views(seed, size=64):

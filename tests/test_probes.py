@@ -11,11 +11,13 @@ from timm.optim import Lars
 
 import mimzoo
 from mimzoo.cli import main as cli
-from mimzoo.tasks import probe
-from mimzoo.tasks.fewshot import LAMBDA, cyanure_preprocess, fewshot_accuracy, fewshot_splits, fit_logistic
 from mimzoo.methods import LinearProbe
 from mimzoo.optim import MAELars
+from mimzoo.tasks import probe
+from mimzoo.tasks.fewshot import LAMBDA, cyanure_preprocess, fewshot_accuracy, fewshot_splits, fit_logistic
 from mimzoo.tasks.linear import linear_probe_on_features
+
+from tiny import tiny
 
 
 def mae_lars_reference(params, grads_per_step, lr, wd, momentum=0.9, trust=1e-3):
@@ -202,10 +204,10 @@ def test_probe_linear_and_fewshot_commands(digits_model, capsys):
 
 def test_linear_probe_pooling_without_cls_token():
     """CroCo-style backbones have no cls token: 'cls' is refused at construction, 'avg' pools the patches."""
-    arch = {"backbone": "vit_tiny_patch16", "backbone_kwargs": {"depth": 1, "img_size": 32, "class_token": False}}
+    without_cls = {"class_token": False}
     with pytest.raises(ValueError, match="pooling='avg'"):
-        LinearProbe(**arch, num_classes=3, image_size=32)
-    model = LinearProbe(**arch, num_classes=3, image_size=32, pooling="avg").eval()
+        tiny(LinearProbe, backbone_kwargs=without_cls, num_classes=3)
+    model = tiny(LinearProbe, backbone_kwargs=without_cls, num_classes=3, pooling="avg").eval()
     images = torch.rand(2, 3, 32, 32)
     tokens = model.backbone.forward_features(images)
     torch.testing.assert_close(model.features(images), tokens.mean(1))

@@ -50,7 +50,8 @@ def test_paper_recipe_matches_the_paper():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, run_dir, tokens", [("mae_tiny", "quickstart", 65), ("croco_tiny", "croco_quickstart", 64),
+@pytest.mark.parametrize("recipe, run_dir, tokens", [("mae_tiny", "quickstart", 65),
+                                                    ("croco_tiny", "croco_quickstart", 64),
                                                     ("depth_tiny", "depth_quickstart", 65)])
 def test_quickstart_command(tmp_path, recipe, run_dir, tokens):
     """The README's first command (minus the install), its cross-view twin and the depth fine-tuning example: a

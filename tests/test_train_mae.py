@@ -20,7 +20,8 @@ def photos():
     from skimage import data
 
     out = []
-    for name in ("astronaut", "coffee", "chelsea", "rocket", "cat", "retina", "immunohistochemistry", "hubble_deep_field"):
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "cat", "retina", "immunohistochemistry",
+                 "hubble_deep_field"):
         img = torch.from_numpy(getattr(data, name)()[..., :3].copy()).permute(2, 0, 1).float()[None]
         out.append(torch.nn.functional.interpolate(img, size=(40, 40), mode="area")[0].round().to(torch.uint8))
     return torch.stack(out)

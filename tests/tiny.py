@@ -33,7 +33,8 @@ def tiny(method: str | type[Method], *, backbone_kwargs: dict | None = None, opt
     args = {} if "weights" in kwargs else tiny_vit_kwargs(**(backbone_kwargs or {}))
     if "weights" in kwargs and backbone_kwargs:
         args["backbone_kwargs"] = backbone_kwargs
-    args.update({k: v for k, v in PER_METHOD[cls.name].items() if "weights" not in kwargs or not k.startswith("decoder_")})
+    parts = PER_METHOD[cls.name].items()  # with weights, the file's parts keep their own size
+    args.update({k: v for k, v in parts if "weights" not in kwargs or not k.startswith("decoder_")})
     args.update(kwargs)
     args["optim"] = {"warmup_epochs": 0, **(optim or {})}
     torch.manual_seed(seed)

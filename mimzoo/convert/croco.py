@@ -5,8 +5,18 @@ import re
 
 import torch
 
-from .keys import (DECODER_HEADS, ENCODER_HEADS, ConversionError, KeyMap, block_count, grid_side, heads_for,
-                   mlp_ratio, patch_embed_config, require)
+from .keys import (
+    DECODER_HEADS,
+    ENCODER_HEADS,
+    ConversionError,
+    KeyMap,
+    block_count,
+    grid_side,
+    heads_for,
+    mlp_ratio,
+    patch_embed_config,
+    require,
+)
 
 NAME = "croco"
 
@@ -37,7 +47,8 @@ def rope_quarter_swap(w: torch.Tensor, num_heads: int) -> torch.Tensor:
     """
     head_dim = w.shape[0] // num_heads
     q = head_dim // 4
-    perm = torch.cat([torch.arange(0, q), torch.arange(2 * q, 3 * q), torch.arange(q, 2 * q), torch.arange(3 * q, 4 * q)])
+    perm = torch.cat([torch.arange(0, q), torch.arange(2 * q, 3 * q), torch.arange(q, 2 * q),
+                      torch.arange(3 * q, 4 * q)])
     perm = (perm[None] + head_dim * torch.arange(num_heads)[:, None]).flatten()
     return w[perm]
 

@@ -4,8 +4,17 @@ Also reads a plain timm ViT state dict, which shares MAE's encoder key names.
 """
 from __future__ import annotations
 
-from .keys import (DECODER_HEADS, ENCODER_HEADS, KeyMap, block_count, grid_side, heads_for, mlp_ratio,
-                   patch_embed_config, require)
+from .keys import (
+    DECODER_HEADS,
+    ENCODER_HEADS,
+    KeyMap,
+    block_count,
+    grid_side,
+    heads_for,
+    mlp_ratio,
+    patch_embed_config,
+    require,
+)
 
 NAME = "mae"
 
@@ -80,5 +89,6 @@ def convert(sd: dict, meta: dict | None = None, num_heads: int | None = None,
     out, dropped = KeyMap(ENCODER + DECODER).apply(sd, NAME)
     contents = "finetuned" if backbone["num_classes"] else ("pretrainer" if decoder else "encoder")
     # a fine-tuned classifier is rebuilt by the fine-tuning method, not by MAE
-    return {"format": NAME, "method": "finetune" if contents == "finetuned" else "mae", "contents": contents, "backbone": backbone, "decoder": decoder,
+    return {"format": NAME, "method": "finetune" if contents == "finetuned" else "mae", "contents": contents,
+            "backbone": backbone, "decoder": decoder,
             "norm_pix_loss": getattr(meta.get("args"), "norm_pix_loss", None), "dropped": dropped}, out

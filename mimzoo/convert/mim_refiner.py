@@ -1,7 +1,7 @@
 """ml-jku/MIM-Refiner: the hub encoders `PrenormVit` (MAE/dBOT/CrossMAE refined) and `PostnormVit` (data2vec 2.0)."""
 from __future__ import annotations
 
-from .keys import (ENCODER_HEADS, KeyMap, block_count, heads_for, mlp_ratio, patch_embed_config, require)
+from .keys import ENCODER_HEADS, KeyMap, block_count, heads_for, mlp_ratio, patch_embed_config, require
 
 NAME = "mim_refiner"
 

@@ -16,7 +16,8 @@ KEYS = KeyMap(
         (r"(decoder_embed|decoder_pos_mlp|decoder_pred|projector_decoder_blocks|predictor_decoder_blocks)\.(.*)",
          r"decoder.\1.\2"),
     ],
-    drop=[(r"decoder_blocks\..*", "decoder blocks exist only for loss_type='mae'; the 'sim' objective never uses them")],
+    drop=[(r"decoder_blocks\..*",
+           "decoder blocks exist only for loss_type='mae'; the 'sim' objective never uses them")],
 )
 
 
@@ -37,7 +38,8 @@ def convert(sd: dict, meta: dict | None = None, num_heads: int | None = None,
     out["backbone.fc_norm.bias"] = torch.zeros(width)
     args = meta.get("args")
     return {"format": NAME, "method": "siameseim", "contents": "pretrainer", "backbone": backbone,
-            "decoder": {"kind": "siameseim", "embed_dim": sd["decoder_embed.weight"].shape[0]} if "decoder_embed.weight" in sd else None,
+            "decoder": ({"kind": "siameseim", "embed_dim": sd["decoder_embed.weight"].shape[0]}
+                        if "decoder_embed.weight" in sd else None),
             "args": vars(args) if args is not None and hasattr(args, "__dict__") else None,
             "added": {"backbone.fc_norm.*": "identity fc_norm of SiameseIM's downstream ViT (not in the checkpoint)"},
             "dropped": dropped}, out

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 
 from ..data.images import IMAGE_EXTENSIONS
-from .matching import SIZE
 from ..errors import ConfigError
+from .matching import SIZE
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 

@@ -28,7 +28,8 @@ def load_camera(view: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndar
     cam = json.loads(cam_file.read_text())
     h, w = shape
     scale = np.diag([SIZE / w, SIZE / h, 1.0])
-    return cv2.resize(depth, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST), scale @ np.array(cam["K"]), np.array(cam["pose"])
+    resized = cv2.resize(depth, (SIZE, SIZE), interpolation=cv2.INTER_NEAREST)
+    return resized, scale @ np.array(cam["K"]), np.array(cam["pose"])
 
 
 def reproject(src: tuple, dst: tuple, depth_tolerance: float = 0.05) -> dict[int, int]:

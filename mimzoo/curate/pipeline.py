@@ -20,11 +20,18 @@ import cv2
 import numpy as np
 
 from ..checkpoint import atomic_path
-from ..data.pairs import write_pair_shard
-from .frames import (VIDEO_EXTENSIONS, folder_frames, folder_groups, read_frame, video_duration, video_frames,
-                     video_pairs)
-from .matching import match, overlap, sift
+from ..data.shards import write_pair_shard
 from ..errors import ConfigError
+from .frames import (
+    VIDEO_EXTENSIONS,
+    folder_frames,
+    folder_groups,
+    read_frame,
+    video_duration,
+    video_frames,
+    video_pairs,
+)
+from .matching import match, overlap, sift
 
 
 @dataclass
@@ -305,7 +312,8 @@ def finish(out: Path, sources: list[str]) -> dict:
         rejected.update(r["rejected"])
     summary = {"sources": len(results), "candidates": sum(r["candidates"] for r in results),
                "pairs": len(overlaps), "pairs_per_source": {r["source"]: len(r["pairs"]) for r in results},
-               "rejected": dict(rejected), "overlap_histogram": np.histogram(overlaps, bins=10, range=(0, 1))[0].tolist()}
+               "rejected": dict(rejected),
+               "overlap_histogram": np.histogram(overlaps, bins=10, range=(0, 1))[0].tolist()}
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     histogram_png(overlaps, out / "overlap_histogram.png")

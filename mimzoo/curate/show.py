@@ -11,8 +11,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from .matching import GRID, PATCH, match, overlap, sift
 from ..errors import ConfigError, NotFoundError
+from .matching import GRID, PATCH, match, overlap, sift
 
 
 def load_pair(out: str | Path, index: int) -> tuple[np.ndarray, np.ndarray, dict]:

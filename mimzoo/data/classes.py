@@ -5,9 +5,9 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
+from ..errors import ConfigError, NotFoundError
 from .datamodule import BaseDataModule
 from .folder import ImageFolderDataset, list_images
-from ..errors import ConfigError, NotFoundError
 
 
 def class_folder(split: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:

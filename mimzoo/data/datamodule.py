@@ -6,7 +6,6 @@ exactly the batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
-
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -14,6 +13,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .folder import ImageFolderDataset, collate_images, list_images
 from .sample import sample_folder
+from .shards import is_shards, shard_loader
 
 
 class EpochShuffle(Sampler[int]):
@@ -118,13 +118,9 @@ class ImageDataModule(BaseDataModule):
         self.save_hyperparameters()
         self.batch_size = batch_size
 
-    @staticmethod
-    def _is_shards(data: str) -> bool:
-        return data.endswith(".tar") or ".tar}" in data or "::" in data
-
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
-        if self._is_shards(hp.data):
+        if is_shards(hp.data):
             return
         if hp.data == "sample":
             files, every = list_images(sample_folder()), 4
@@ -139,20 +135,16 @@ class ImageDataModule(BaseDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        if self._is_shards(hp.data):
-            from .webdataset import shard_loader
-
+        if is_shards(hp.data):
             return shard_loader(hp.data, hp.size, hp.batch_size, hp.shuffle_buffer, hp.epoch_size,
                                 **self.loader_kwargs())
         return self.resumable_loader(ImageFolderDataset(self.train_files * hp.repeats, hp.size))
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams
-        if self._is_shards(hp.data):
+        if is_shards(hp.data):
             if hp.val_data is None:
                 return []
-            from .webdataset import shard_loader
-
             return shard_loader(hp.val_data, hp.size, hp.batch_size, 0, None, **self.loader_kwargs())
         return DataLoader(ImageFolderDataset(self.val_files, hp.size), batch_size=hp.batch_size, shuffle=False,
                           **self.loader_kwargs())

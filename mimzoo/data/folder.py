@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .images import IMAGE_EXTENSIONS, CorruptImageError, decode_image
 from ..errors import NotFoundError
+from .images import IMAGE_EXTENSIONS, CorruptImageError, decode_image
 
 
 class CorruptImageWarning(UserWarning):

@@ -1,71 +1,24 @@
-"""Pairs of views for cross-view completion: MIMIC curation shards, MIMIC's released folders and CSV index,
-plain pair folders, and a built-in sample set (a real stereo pair and known homography warps of photos).
-
-Pair record (one WebDataset sample per pair; `mimzoo curate` writes these):
-  `0.jpg`  view A, 224 x 224 RGB            `1.jpg`  view B
-  `json`   {"source", "frame_a", "frame_b", "time_a", "time_b", "overlap" (0-1), "homography" (3 x 3, A -> B in
-           224 x 224 pixels), "num_matches", "num_inliers"}
-"""
+"""Pairs of views for cross-view completion: MIMIC curation shards (read in `shards.py`), MIMIC's released folders
+and CSV index, plain pair folders, and a built-in sample set (a real stereo pair and known homography warps of
+photos)."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from pathlib import Path
-from typing import Iterable, TypedDict
 
 import numpy as np
-import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import ConfigError, NotFoundError
 from .datamodule import BaseDataModule
 from .folder import report_corrupt
 from .images import IMAGE_EXTENSIONS, CorruptImageError, decode_image
-from ..errors import ConfigError, NotFoundError
-
-PAIR_KEYS = ("0.jpg", "1.jpg", "json")
-
-
-class PairRecord(TypedDict):
-    source: str
-    frame_a: int
-    frame_b: int
-    time_a: float | None
-    time_b: float | None
-    overlap: float
-    homography: list[list[float]]
-    num_matches: int
-    num_inliers: int
-
-
-def jpeg(image: np.ndarray, quality: int = 95) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="jpeg", quality=quality)
-    return buf.getvalue()
-
-
-def write_pair_shard(path: str | os.PathLike, samples: Iterable[tuple[str, np.ndarray, np.ndarray, dict]]) -> Path:
-    """Write (key, view A, view B, record) samples as one tar, under a temporary name renamed at the end: a killed
-    writer never leaves a partial shard under the final name."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with wds.TarWriter(str(tmp)) as sink:
-            for key, a, b, record in samples:
-                sink.write({"__key__": key, "0.jpg": jpeg(a), "1.jpg": jpeg(b), "json": json.dumps(record).encode()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+from .shards import is_shards, jpeg, pair_shards
 
 
 # -- sources --------------------------------------------------------------------------------------------------------
-def is_shards(data: str) -> bool:
-    return data.endswith(".tar") or ".tar}" in data
-
-
 def find_pairs(root: str | os.PathLike) -> list[tuple[Path, Path]]:
     """MIMIC's layout (`.../<pair>/0000.jpg` + `0001.jpg`, DeMoN's sequences likewise; `corresponding.npy` is a
     pickle and is never read), or plain pair folders holding exactly two images (sorted names = A, B)."""
@@ -114,30 +67,10 @@ class PairDataset(Dataset):
             return None
 
 
-def _decode_pairs(size: int):
-    def decode(samples):
-        for sample in samples:
-            name = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-            try:
-                if "0.jpg" not in sample or "1.jpg" not in sample:
-                    raise CorruptImageError(name, f"not a pair sample: keys {sorted(sample)}, expected {PAIR_KEYS}")
-                yield {"image": decode_image(sample["0.jpg"], size, name=name + ".0.jpg"),
-                       "image2": decode_image(sample["1.jpg"], size, name=name + ".1.jpg"), "index": -1}
-            except CorruptImageError as e:
-                report_corrupt(e)
-                yield {"image": None}  # counted as skipped by collate_images
-    return decode
 
 
-def pair_shards(urls: str, size: int, shuffle_buffer: int = 0):
-    ds = wds.WebDataset(urls, handler=wds.warn_and_continue, shardshuffle=100 if shuffle_buffer else False,
-                        empty_check=False).compose(_decode_pairs(size))
-    return ds.shuffle(shuffle_buffer) if shuffle_buffer else ds
 
 
-def read_records(urls: str) -> list[dict]:
-    """The JSON records of pair shards, in order."""
-    return [json.loads(s["json"]) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
 
 
 # -- the built-in sample pairs --------------------------------------------------------------------------------------
@@ -149,11 +82,13 @@ def _homography(rng: np.random.Generator, size: int) -> np.ndarray:
     rot = np.array([[zoom * np.cos(angle), -zoom * np.sin(angle), 0], [zoom * np.sin(angle), zoom * np.cos(angle), 0],
                     [0, 0, 1]])
     persp = np.array([[1, 0, 0], [0, 1, 0], [*rng.uniform(-3e-4, 3e-4, 2), 1]])
-    to_c, from_c = np.array([[1, 0, -c], [0, 1, -c], [0, 0, 1]]), np.array([[1, 0, c + shift[0]], [0, 1, c + shift[1]], [0, 0, 1]])
+    to_c = np.array([[1, 0, -c], [0, 1, -c], [0, 0, 1]])
+    from_c = np.array([[1, 0, c + shift[0]], [0, 1, c + shift[1]], [0, 0, 1]])
     return from_c @ persp @ rot @ to_c
 
 
-def sample_pairs(seed: int = 0, size: int = 224, warps_per_photo: int = 2) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
+def sample_pairs(seed: int = 0, size: int = 224,
+                 warps_per_photo: int = 2) -> list[tuple[str, np.ndarray, np.ndarray, dict]]:
     """(key, A, B, record): the scikit-image stereo pair, and homography warps of its photos (B = A warped by H)."""
     import cv2
 

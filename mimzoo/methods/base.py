@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torch import nn
 
 from .. import loading
 from ..checkpoint import load_strict, write_folder
@@ -68,12 +67,12 @@ class Method(L.LightningModule):
 
     def init_backbone(self, backbone: str | dict | None, backbone_kwargs: dict | None,
                       weights: str | os.PathLike | Converted | None, *, default: str = "vit_base_patch16",
-                      defaults: dict | None = None, **overrides) -> ViT:
+                      defaults: dict | None = None, hints: dict | None = None, **overrides) -> ViT:
         """Set `self.backbone` from `weights` (the file's architecture, checked against any explicit argument) or
         from the architecture (`default` and `defaults` when `backbone` / `backbone_kwargs` leave them open).
         `overrides` are the behaviour arguments the method itself decides (e.g. `img_size`, `drop_path_rate`)."""
         self.backbone, self.weights_file = loading.backbone_for(backbone, backbone_kwargs, weights, default=default,
-                                                        defaults=defaults, **overrides)
+                                                                defaults=defaults, hints=hints, **overrides)
         self._from_file, self._from_init, self._notes = ["backbone"] if self.weights_file else [], [], []
         self._skipped: set[str] = set()  # parts of the file of another kind (already noted)
         return self.backbone
@@ -142,7 +141,7 @@ class Method(L.LightningModule):
             self._notes.append(f"{type(self).__name__} has no {', '.join(unused)}: not used")
         if rank_zero_only.rank == 0:
             log.info(self.start_report())
-        self.weights_source, self.weights_file = str(self.weights_file.source), None  # the file's tensors are not kept twice
+        self.weights_file = None  # the file's tensors are not kept twice
 
     def start_report(self) -> str:
         """One line: which parts came from the file, which from init, and why."""

@@ -8,11 +8,11 @@ from typing import ClassVar, Literal
 
 import torch
 
+from ..errors import ConfigError
 from ..models.decoders import CrossDecoder, masked_mse, patchify
 from ..models.masking import croco_mask, mae_masking
-from ..views import CroCoPairViews, PairViews
-from ..errors import ConfigError
 from ..optim import Optimization
+from ..views import CroCoPairViews, PairViews
 from .base import Method
 from .pictures import ReconstructionPictures
 
@@ -87,7 +87,8 @@ class CroCo(ReconstructionPictures, Method):
         super().__init__()
         self.save_hyperparameters()
         vit = self.init_backbone(backbone, backbone_kwargs, weights,
-                                 defaults=None if isinstance(backbone, dict) else self.encoder_defaults)
+                                 defaults=None if isinstance(backbone, dict) else self.encoder_defaults,
+                                 hints={"decoder_num_heads": decoder_num_heads})
         self.init_optim(optim)
         dec = self.file_part("decoder", "cross", embed_dim=(decoder_embed_dim, 512), depth=(decoder_depth, 8),
                              num_heads=(decoder_num_heads, 16), mlp_ratio=(None, 4.0))

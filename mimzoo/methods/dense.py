@@ -46,6 +46,22 @@ class DenseFinetune(Method):
     Defaults: MultiMAE's NYUv2 depth recipe for ViT-B, which MIMIC uses (AdamW lr 1e-4, wd 1e-4, layer decay 0.75,
     warmup, 256 px). Batches: {"image": uint8 (B, 3, H, W), <target>} with target "depth" (B, 1, H, W) (0 = no
     depth), "mask" (B, H, W) int64 or "normal" (B, 3, H, W), as `mimzoo.data.DenseDataModule` gives them.
+
+    Args:
+        backbone: architecture name or ViT config dict; None = the file's with `weights`, else vit_base_patch16
+            (random init).
+        backbone_kwargs: ViT arguments (see `mimzoo.loading.backbone_for`).
+        weights: the backbone to fine-tune (zoo name, path in any format, `hf-hub:`): resized to `image_size`,
+            without its classifier; a DenseFinetune checkpoint also gives its head.
+        task, num_classes, head, hooks, feature_dim, last_dim, freeze_backbone, norm_last_hook: the task and head
+            (above); `num_classes` for segmentation.
+        image_size: the training crop (and the backbone's input size).
+        drop_path_rate: stochastic depth of the backbone.
+        depth_loss, normal_loss, variance_focus, max_depth: the losses (above); depth predictions are clamped to
+            max_depth in validation.
+        hflip, crop_scale, color_jitter, color_jitter_p, grayscale_p: training views (above).
+        picture_every_n_epochs: prediction pictures every n validation epochs.
+        optim: optimisation (AdamW(0.9, 0.999) lr 1e-4, wd 1e-4, layer decay 0.75, 1 warmup epoch, min lr 1e-6).
     """
 
     name = "dense_finetune"

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
 from ..models.decoders import MAEDecoder, masked_mse, patchify
 from ..models.masking import mae_masking
-from ..views import MAEViews
-from ..errors import ConfigError
 from ..optim import Optimization
+from ..views import MAEViews
 from .base import Method
 from .pictures import ReconstructionPictures
 
@@ -65,7 +65,7 @@ class MAE(ReconstructionPictures, Method):
     ):
         super().__init__()
         self.save_hyperparameters()
-        vit = self.init_backbone(backbone, backbone_kwargs, weights)
+        vit = self.init_backbone(backbone, backbone_kwargs, weights, hints={"decoder_num_heads": decoder_num_heads})
         self.init_optim(optim)
         dec = self.file_part("decoder", "mae", embed_dim=(decoder_embed_dim, 512), depth=(decoder_depth, 8),
                              num_heads=(decoder_num_heads, 16), mlp_ratio=(None, 4.0))

@@ -1,10 +1,9 @@
 """The shared ViT backbone registry (timm underneath, no writes to timm's global registry)."""
 from __future__ import annotations
 
-from ..errors import ConfigError
-
 import re
 
+from ..errors import ConfigError
 from .masking import croco_mask, mae_masking, visible_ids
 from .vit import IMAGENET_MEAN, IMAGENET_STD, ViT, gather_tokens
 

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from timm.layers import apply_rot_embed_cat
 from timm.models.vision_transformer import Attention
+from torch import nn
 
 from .blocks import Block, RopeAttention
 from .pos_embed import rope_2d, sincos_2d

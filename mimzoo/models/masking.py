@@ -4,9 +4,9 @@ mask convention everywhere: 1 / True = removed (hidden from the encoder, predict
 """
 from __future__ import annotations
 
-from ..errors import ConfigError
-
 import torch
+
+from ..errors import ConfigError
 
 
 def mae_masking(noise: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

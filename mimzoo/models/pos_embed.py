@@ -1,10 +1,10 @@
 """Positional encodings: MAE's fixed 2-D sin-cos table and CroCo v2's 2-D RoPE."""
 from __future__ import annotations
 
-from ..errors import ConfigError
-
 import torch
 from timm.layers import build_rotary_pos_embed
+
+from ..errors import ConfigError
 
 
 def sincos_2d(dim: int, grid: tuple[int, int], cls_rows: int = 0) -> torch.Tensor:

@@ -6,8 +6,9 @@ passes `ids_keep`, the indices of the patches to encode, in the order the upstre
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
@@ -35,7 +36,7 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def mae_init_(module: nn.Module) -> None:
     """MAE's initialisation: xavier-uniform linears (and the patch projection as a linear), zero biases,
     identity LayerNorms, N(0, 0.02) tokens."""
-    for name, m in module.named_modules():
+    for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:

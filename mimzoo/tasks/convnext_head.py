@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from ..errors import ConfigError
 
 

@@ -2,8 +2,6 @@
 segmentation metrics. `mimzoo.methods.DenseFinetune` fine-tunes a backbone with them."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection

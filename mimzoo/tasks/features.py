@@ -11,7 +11,6 @@ from tqdm import tqdm
 from ..checkpoint import write_safetensors
 from ..errors import ConfigError
 
-
 POOLINGS = ("default", "cls", "cls_prenorm", "cls_avg", "cls_last4", "cls_avg_last4", "avg")
 
 

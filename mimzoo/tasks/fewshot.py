@@ -31,6 +31,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+
 from ..errors import ConfigError
 
 LAMBDA = 0.00025  # upstream's lambd before the division by the number of training samples

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from ..errors import ConfigError
 
 
@@ -73,7 +74,8 @@ class DPTHead(nn.Module):
                     nn.ConvTranspose2d(layer_dims[1], layer_dims[1], 2, stride=2),
                     nn.Identity(),
                     nn.Conv2d(layer_dims[3], layer_dims[3], 3, stride=2, padding=1)]
-        self.reassemble = nn.ModuleList(nn.Sequential(nn.Conv2d(d, c, 1), r) for d, c, r in zip(dims, layer_dims, resample))
+        self.reassemble = nn.ModuleList(nn.Sequential(nn.Conv2d(d, c, 1), r)
+                                        for d, c, r in zip(dims, layer_dims, resample))
         self.project = nn.ModuleList(nn.Conv2d(c, feature_dim, 3, padding=1, bias=False) for c in layer_dims)
         self.fusion = nn.ModuleList(FusionBlock(feature_dim) for _ in layer_dims)
         # the coarsest block has no skip input; DPT (and MultiMAE's count) still has its unit: kept, never trained,
@@ -83,7 +85,8 @@ class DPTHead(nn.Module):
             self.head = nn.Sequential(
                 nn.Conv2d(feature_dim, feature_dim // 2, 3, padding=1),
                 nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
-                nn.Conv2d(feature_dim // 2, last_dim, 3, padding=1), nn.ReLU(True), nn.Conv2d(last_dim, out_channels, 1))
+                nn.Conv2d(feature_dim // 2, last_dim, 3, padding=1), nn.ReLU(True),
+                nn.Conv2d(last_dim, out_channels, 1))
         else:
             self.head = nn.Sequential(
                 nn.Conv2d(feature_dim, feature_dim, 3, padding=1, bias=False), nn.BatchNorm2d(feature_dim),
@@ -96,7 +99,8 @@ class DPTHead(nn.Module):
         layers = [p(r(f)) for f, r, p in zip(features, self.reassemble, self.project)]
         x = self.fusion[3](layers[3], None, layers[2].shape[-2:])
         for i in (2, 1, 0):
-            x = self.fusion[i](x, layers[i], layers[i - 1].shape[-2:] if i else tuple(2 * s for s in layers[0].shape[-2:]))
+            out_size = layers[i - 1].shape[-2:] if i else tuple(2 * s for s in layers[0].shape[-2:])
+            x = self.fusion[i](x, layers[i], out_size)
         out = self.head(x)
         return out if out.shape[-2:] == tuple(size) else F.interpolate(out, size=size, mode="bilinear",
                                                                          align_corners=False)

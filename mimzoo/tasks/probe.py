@@ -8,7 +8,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import loading
-
 from .features import extract
 from .fewshot import LAMBDA, fewshot_on_features
 from .knn import knn_predict
@@ -58,10 +57,13 @@ def feature_sets(model, data: str, poolings: Sequence[str], batch_size: int = 12
     <split>_<pooling>.safetensors."""
     vit = load_probed(model)
     size = vit.data_config["input_size"][-1]
-    train, test = digits_loaders(size, batch_size) if data == "digits" else folder_loaders(data, size, batch_size, workers)
+    if data == "digits":
+        train, test = digits_loaders(size, batch_size)
+    else:
+        train, test = folder_loaders(data, size, batch_size, workers)
     out = {}
     for pooling in poolings:
-        tag = lambda split: f"{cache_dir}/{split}_{pooling}.safetensors" if cache_dir else None  # noqa: E731
+        tag = lambda split, pooling=pooling: f"{cache_dir}/{split}_{pooling}.safetensors" if cache_dir else None
         out[pooling] = (*extract(vit, train, pooling, cache=tag("train"), progress=progress),
                         *extract(vit, test, pooling, cache=tag("test"), progress=progress))
     return out
