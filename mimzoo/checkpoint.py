@@ -7,6 +7,7 @@ import os
 import pathlib
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +67,53 @@ def read(path: str | os.PathLike) -> Any:
             f"or another kind of file") from e
 
 
+def check_complete(path: str | os.PathLike) -> None:
+    """Raise CheckpointReadError unless `path` is a whole weight file: a safetensors file whose tensors all fit,
+    a torch zip archive with its central directory and pickle, or a legacy pickle that loads. Cheap for the
+    first two (headers only): it runs on every fresh download, where no published digest can vouch for the bytes."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) == 8 and int.from_bytes(head, "little") < min(size, 100 << 20):  # safetensors header length
+            header = f.read(int.from_bytes(head, "little"))
+            if header[:1] == b"{":
+                try:
+                    tensors = [v for k, v in json.loads(header).items() if k != "__metadata__"]
+                    end = max((v["data_offsets"][1] for v in tensors), default=0)
+                except (ValueError, KeyError, TypeError, IndexError) as e:
+                    raise CheckpointReadError(f"{path} has a damaged safetensors header ({e})") from e
+                if size < 8 + len(header) + end:
+                    raise CheckpointReadError(f"{path} is truncated: {size} bytes, its safetensors header "
+                                              f"describes {8 + len(header) + end}")
+                return
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CheckpointReadError(f"{path} is a truncated or damaged torch archive ({e})") from e
+        if not any(n.endswith("data.pkl") for n in names):
+            raise CheckpointReadError(f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl inside)")
+        return
+    if head[:1] == b"\x80":
+        read(path)  # a legacy pickle has no index to check: load it (weights only)
+        return
+    shown = head.decode("ascii", "replace") if head.isascii() else repr(head)
+    raise CheckpointReadError(f"{path} is not a weight file (it starts with {shown!r}): neither safetensors, a "
+                              f"torch archive nor a pickle; an HTML or error page, or another kind of file")
+
+
+def check_config_file(path: str | os.PathLike) -> None:
+    """Raise CheckpointReadError unless `path` holds a JSON object (a folder's config.json)."""
+    try:
+        ok = isinstance(json.loads(Path(path).read_text()), dict)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointReadError(f"{path} is not a JSON config ({e})") from e
+    if not ok:
+        raise CheckpointReadError(f"{path} is JSON but not an object of settings")
+
+
 @contextmanager
 def atomic_path(dst: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `dst`, renamed onto it only if the block finishes: a killed process leaves
@@ -76,10 +124,31 @@ def atomic_path(dst: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600; the result gets the mode any new file of this user gets
+        os.chmod(tmp, 0o666 & ~current_umask())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the bytes reach the disk before the name does: a crash leaves old or new, whole
+        finally:
+            os.close(fd)
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask must set it to read it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_safetensors(state_dict: dict[str, torch.Tensor], dst: str | os.PathLike, metadata: dict | None = None):

@@ -60,9 +60,9 @@ def cmd_download(args) -> int:
 
     for name in args.names:
         if name.startswith("hf-hub:"):
-            path = hub_folder(name[len("hf-hub:"):], args.cache_dir)
+            path = hub_folder(name[len("hf-hub:"):], args.cache_dir, force=args.force)
         else:
-            path, _ = zoo.fetch(name, cache_dir=args.cache_dir, progress=not args.quiet)
+            path, _ = zoo.fetch(name, cache_dir=args.cache_dir, progress=not args.quiet, force=args.force)
         print(f"{name}: {path}")
     return 0
 
@@ -148,6 +148,8 @@ def zoo_parser() -> argparse.ArgumentParser:
     d.add_argument("names", nargs="+", help="zoo names or hf-hub:org/repo[@revision]")
     d.add_argument("--cache-dir", default=None)
     d.add_argument("--quiet", action="store_true")
+    d.add_argument("--force", action="store_true",
+                   help="drop the cached copy (and any partial download) and download again")
     d.set_defaults(func=cmd_download)
     c = sub.add_parser("convert", help="upstream checkpoint -> mimzoo folder (config.json + model.safetensors)")
     c.add_argument("src", help="a local upstream checkpoint or a zoo name")

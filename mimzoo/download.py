@@ -1,7 +1,10 @@
 """Fetch a checkpoint file (Hugging Face Hub, plain URL or Google Drive) into the cache and return it verified.
 
 Every returned file has been checked against a sha256: the pinned one when the registry has it, otherwise the one
-recorded in `<file>.sha256` when the file was first downloaded (so a file that changed on disk is caught).
+recorded in `<file>.sha256` when the file was first downloaded (so a file that changed on disk is caught). As no
+upstream publishes digests, the first download is also checked for what it is: an HTML page is refused, and the
+caller's `validate` (for checkpoints: a complete, readable archive) must pass before the file takes its final name.
+`force=True` drops the cached copy and downloads again.
 """
 from __future__ import annotations
 
@@ -57,27 +60,35 @@ _cache_root = cache_dir  # fetch_source()'s cache_dir argument shadows the funct
 
 
 def fetch_source(source: dict, *, sha256: str | None = None, cache_dir: str | os.PathLike | None = None,
-          progress: bool = True, name: str | None = None) -> Path:
+                 progress: bool = True, name: str | None = None, validate=None, force: bool = False) -> Path:
     """A local, verified copy of `source`: {"hf": {"repo", "filename", "revision"}}, {"url": ...} or
-    {"gdrive": {"id", "filename"?}}. `name` (the zoo name) only makes error messages actionable."""
+    {"gdrive": {"id", "filename"?}}.
+
+    Args:
+        sha256: the pinned digest, when the registry has one.
+        name: the zoo name, only to make error messages actionable.
+        validate: `validate(path)` raises (an `Error`) when a freshly downloaded file is not what it should be;
+            the file is then deleted, never cached.
+        force: forget the cached copy (and any partial download) and download again.
+    """
     root = _cache_root(cache_dir)
     kinds = [k for k in ("hf", "url", "gdrive") if k in source]
     if len(kinds) != 1 or len(source) != 1:
         raise ConfigError(f"a download source is exactly one of {{'hf': {{...}}}}, {{'url': ...}}, "
                          f"{{'gdrive': {{'id': ...}}}}; got {source!r}")
     if "hf" in source:
-        return _fetch_hf(source["hf"], root, sha256, progress, name)
+        return _fetch_hf(source["hf"], root, sha256, progress, name, validate, force)
     if "url" in source:
         url = source["url"]
         basename = urllib.parse.unquote(urllib.parse.urlparse(url).path.rsplit("/", 1)[-1])
         basename = "download" if basename in ("", ".", "..") else basename
         final = root / "mimzoo-url" / _key(url) / basename
-        return _fetch_url(url, final, sha256, progress, name)
+        return _fetch_url(url, final, sha256, progress, name, validate=validate, force=force)
     file_id = source["gdrive"]["id"]
     base = os.environ.get("MIMZOO_GDRIVE_ENDPOINT", GDRIVE).rstrip("/")
     url = f"{base}/download?" + urllib.parse.urlencode({"id": file_id, "export": "download"})
     final = root / "mimzoo-url" / _key(f"gdrive:{file_id}") / source["gdrive"].get("filename", file_id)
-    return _fetch_url(url, final, sha256, progress, name, resolve=_gdrive_confirm)
+    return _fetch_url(url, final, sha256, progress, name, resolve=_gdrive_confirm, validate=validate, force=force)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -90,7 +101,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 # --- Hugging Face Hub ------------------------------------------------------------------------------------------
 
-def _fetch_hf(spec: dict, root: Path, sha256: str | None, progress: bool, name: str | None) -> Path:
+def _fetch_hf(spec: dict, root: Path, sha256: str | None, progress: bool, name: str | None, validate=None,
+              force: bool = False) -> Path:
     repo, filename, revision = spec["repo"], spec["filename"], spec.get("revision") or "main"
     what = f"{filename} from the Hub repo {repo} (revision {revision})"
     offline = _offline()
@@ -98,6 +110,7 @@ def _fetch_hf(spec: dict, root: Path, sha256: str | None, progress: bool, name: 
     try:
         path = huggingface_hub.hf_hub_download(
             repo, filename, revision=revision, cache_dir=root, local_files_only=offline,
+            force_download=force and not offline,
             # HF_ENDPOINT is read here because huggingface_hub reads it once, at import
             endpoint=os.environ.get("HF_ENDPOINT"), **quiet)
     except LocalEntryNotFoundError as e:  # a subclass of EntryNotFoundError, so it must come first
@@ -114,7 +127,12 @@ def _fetch_hf(spec: dict, root: Path, sha256: str | None, progress: bool, name: 
         raise _not_found(what, getattr(getattr(e, "response", None), "url", repo), name) from e
     except Exception as e:  # HTTP errors and transport errors of whichever client this huggingface_hub uses
         raise DownloadError(f"downloading {what} failed: {type(e).__name__}: {e}") from e
-    return _verified(Path(path), sha256, name)
+    path = Path(path)
+    if force:
+        _sidecar(path).unlink(missing_ok=True)  # the digest recorded for the copy that was just replaced
+    if validate and not _sidecar(path).is_file():  # first time this file is seen: check what it is
+        _validated(path, validate, what, name)
+    return _verified(path, sha256, name)
 
 
 class _SilentTqdm(tqdm):
@@ -128,7 +146,10 @@ _HF_TQDM_CLASS = "tqdm_class" in inspect.signature(huggingface_hub.hf_hub_downlo
 
 # --- plain URLs (and Google Drive) -----------------------------------------------------------------------------
 
-def _fetch_url(url: str, final: Path, sha256: str | None, progress: bool, name: str | None, resolve=None) -> Path:
+def _fetch_url(url: str, final: Path, sha256: str | None, progress: bool, name: str | None, resolve=None,
+               validate=None, force: bool = False) -> Path:
+    if force and not _offline():
+        forget(final)
     if final.exists():
         return _verified(final, sha256, name)
     if _offline():
@@ -149,6 +170,8 @@ def _fetch_url(url: str, final: Path, sha256: str | None, progress: bool, name: 
             raise _checksum_error(final, sha256.lower(), actual, name,
                                   "the downloaded file does not match the sha256 pinned in the registry "
                                   "(the upstream file may have been replaced)")
+        if validate:
+            _validated(part, validate, f"{final.name} from {url}", name)
         # sidecar first: a crash before the rename leaves no final file, and a new download rewrites the sidecar
         _write_atomic(_sidecar(final), f"{actual}  {final.name}\n")
         os.replace(part, final)
@@ -176,6 +199,11 @@ def _download(url: str, part: Path, progress: bool, label: str, name: str | None
                 continue
             else:  # 200: the server ignored Range, so the body is the whole file
                 have, mode, total = 0, "wb", _int(resp.headers.get("Content-Length"))
+            if resp.headers.get_content_type() == "text/html" and not label.lower().endswith((".html", ".htm")):
+                # a login wall, an error page or a captive portal answering 200: never a checkpoint
+                raise DownloadError(f"{url} answered with an HTML page instead of {label} (a login, error or "
+                                    f"quota page); nothing was saved. Open the URL in a browser to see why, or "
+                                    f"download the file by hand and pass its path to mimzoo.load")
             try:
                 with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                                  unit_divisor=1024, desc=label, disable=None if progress else True,
@@ -262,6 +290,25 @@ def _verified(path: Path, sha256: str | None, name: str | None) -> Path:
         except OSError:  # a read-only copied cache still serves its files, just without a recorded digest
             pass
     return path
+
+
+def _validated(path: Path, validate, what: str, name: str | None) -> None:
+    """Run the caller's check on a fresh download; a file that fails it is deleted, never cached."""
+    try:
+        validate(path)
+    except Error as e:
+        for p in {path, path.resolve()}:
+            p.unlink(missing_ok=True)
+        again = f"`mimzoo download {name} --force`" if name else "the download"
+        raise DownloadError(f"the download of {what} is not a usable file: {e}. It was deleted; run {again} "
+                            f"again, and if it fails the same way the upstream file is not what the registry "
+                            f"expects") from e
+
+
+def forget(path: Path) -> None:
+    """Drop a cached file, its recorded digest and any partial download of it."""
+    for p in (path, _sidecar(path), path.with_name(path.name + ".part")):
+        p.unlink(missing_ok=True)
 
 
 def _checksum_error(path: Path, expected: str, actual: str, name: str | None, why: str) -> ChecksumError:

@@ -70,22 +70,30 @@ def read(name_or_path: str | os.PathLike | Converted, *, format: str | None = No
         # the zoo records head counts, which the weights cannot show
         hints["num_heads"] = hints["num_heads"] or entry.get("num_heads")
         hints["decoder_num_heads"] = hints["decoder_num_heads"] or (entry.get("decoder") or {}).get("num_heads")
-    config, state_dict = read_file(path, format=format, **{k: v for k, v in hints.items() if v})
+    try:
+        config, state_dict = read_file(path, format=format, **{k: v for k, v in hints.items() if v})
+    except checkpoint.CheckpointReadError as e:
+        if path == Path(source).expanduser():
+            raise
+        # a downloaded copy: say which file it is and how to replace it
+        raise checkpoint.CheckpointReadError(f"{e} -- it is the cached download of {source} ({path}); run "
+                                             f"`mimzoo download {source} --force` to fetch it again") from e
     if entry is not None:
         config = with_zoo_facts(config, entry)
     return Converted(config, state_dict, source)
 
 
-def hub_folder(spec: str, cache_dir: str | None = None) -> Path:
+def hub_folder(spec: str, cache_dir: str | None = None, force: bool = False) -> Path:
     """hf-hub:org/repo[@rev] -> a local folder holding config.json and model.safetensors."""
     from . import download
 
     repo, _, revision = spec.partition("@")
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
         raise ConfigError(f"expected hf-hub:org/repo[@revision], got hf-hub:{spec}")
+    checks = {checkpoint.CONFIG_FILE: checkpoint.check_config_file, checkpoint.WEIGHTS_FILE: checkpoint.check_complete}
     files = [download.fetch_source({"hf": {"repo": repo, "filename": f, "revision": revision or "main"}},
-                                   cache_dir=cache_dir, name=f"hf-hub:{spec}")
-             for f in (checkpoint.CONFIG_FILE, checkpoint.WEIGHTS_FILE)]
+                                   cache_dir=cache_dir, name=f"hf-hub:{spec}", validate=check, force=force)
+             for f, check in checks.items()]
     return files[0].parent
 
 

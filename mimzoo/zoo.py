@@ -64,13 +64,16 @@ def entry(name: str) -> dict:
     return e
 
 
-def fetch(name: str, *, cache_dir: str | None = None, progress: bool = True) -> tuple[Path, dict]:
-    """Download (or find in the cache) the file of a zoo entry, verified; returns (path, entry)."""
-    from . import download
+def fetch(name: str, *, cache_dir: str | None = None, progress: bool = True,
+          force: bool = False) -> tuple[Path, dict]:
+    """Download (or find in the cache) the file of a zoo entry, verified; returns (path, entry). A fresh download
+    must be a complete weight file (`checkpoint.check_complete`) before it is cached; `force` downloads again."""
+    from . import checkpoint, download
 
     e = entry(name)
     if not e.get("source"):
         raise download.DownloadError(
             f"{name!r} has no public download ({e.get('notes', 'never released upstream')}).")
-    path = download.fetch_source(e["source"], sha256=e.get("sha256"), cache_dir=cache_dir, progress=progress, name=name)
+    path = download.fetch_source(e["source"], sha256=e.get("sha256"), cache_dir=cache_dir, progress=progress,
+                                 name=name, validate=checkpoint.check_complete, force=force)
     return path, e

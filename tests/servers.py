@@ -77,10 +77,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def reply(self, code: int, body: bytes = b"", headers: dict | None = None, send: int | None = None):
-        """Send `body` with Content-Length; `send` cuts the body short and drops the connection."""
+        """Send `body` with Content-Length (unless headers map it to None); `send` cuts the body short and drops
+        the connection."""
         self.send_response(code)
         for k, v in {"Content-Length": str(len(body)), **(headers or {})}.items():
-            self.send_header(k, v)
+            if v is not None:
+                self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body if send is None else body[:send])
@@ -131,7 +133,8 @@ class FileServer(_Server):
     """A plain file host for `files[path]` (path like "/ckpt/mae.pth") with Range support.
 
     Knobs (plain attributes, change them between requests): `truncate_after` sends only that many body bytes
-    and drops the connection; `fail_paths` answer 404. Google-Drive-like route: `/download?id=X&export=download`
+    and drops the connection; `fail_paths` answer 404; `html_paths` answer 200 with an HTML page (a login wall);
+    `no_length` sends no Content-Length (so a cut body looks complete to the client). Google-Drive-like route: `/download?id=X&export=download`
     serves `gdrive[X]`; for ids in `large` it first answers the "virus scan warning" HTML page whose form
     (action /download, hidden id/export/confirm/uuid) must be submitted to get the bytes."""
 
@@ -140,6 +143,7 @@ class FileServer(_Server):
         super().__init__()
         self.files, self.gdrive, self.large = dict(files or {}), dict(gdrive or {}), set(large)
         self.truncate_after, self.fail_paths = truncate_after, set(fail_paths)
+        self.html_paths, self.no_length = set(), False
         self.issued_uuids: set[str] = set()
 
     def handle(self, h):
@@ -148,9 +152,14 @@ class FileServer(_Server):
             return h.reply(404, b"not found")
         if parts.path == "/download":
             return self._gdrive(h, dict(urllib.parse.parse_qsl(parts.query)))
+        if parts.path in self.html_paths:
+            return h.reply(200, b"<!DOCTYPE html><html><title>Sign in</title></html>", {"Content-Type": "text/html"})
         if parts.path not in self.files:
             return h.reply(404, b"not found")
-        h.reply_ranged(self.files[parts.path], {"Content-Type": "application/octet-stream"}, self.truncate_after)
+        headers = {"Content-Type": "application/octet-stream"}
+        if self.no_length:
+            return h.reply(200, self.files[parts.path], {**headers, "Content-Length": None}, self.truncate_after)
+        h.reply_ranged(self.files[parts.path], headers, self.truncate_after)
 
     def _gdrive(self, h, q):
         file_id = q.get("id", "")
