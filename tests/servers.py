@@ -134,7 +134,8 @@ class FileServer(_Server):
 
     Knobs (plain attributes, change them between requests): `truncate_after` sends only that many body bytes
     and drops the connection; `fail_paths` answer 404; `html_paths` answer 200 with an HTML page (a login wall);
-    `no_length` sends no Content-Length (so a cut body looks complete to the client). Google-Drive-like route: `/download?id=X&export=download`
+    `no_length` sends no Content-Length (so a cut body looks complete to the client).
+    Google-Drive-like route: `/download?id=X&export=download`
     serves `gdrive[X]`; for ids in `large` it first answers the "virus scan warning" HTML page whose form
     (action /download, hidden id/export/confirm/uuid) must be submitted to get the bytes."""
 
