@@ -158,6 +158,16 @@ def write_safetensors(state_dict: dict[str, torch.Tensor], dst: str | os.PathLik
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def check_finite(state_dict: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """Raise IncompatibleWeightsError naming every floating tensor that holds NaN or inf (a run that diverged
+    before it was saved): such weights load fine and then give NaN for every input."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise IncompatibleWeightsError(f"{what} holds non-finite values (NaN or inf) in {len(bad)} tensor(s): "
+                                       f"{shown}; the run that saved it diverged: use an earlier checkpoint")
+
+
 def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
     """load_state_dict(strict=True) with errors that name every missing/unexpected key and every shape clash."""
     own = module.state_dict()

@@ -78,6 +78,7 @@ def read(name_or_path: str | os.PathLike | Converted, *, format: str | None = No
         # a downloaded copy: say which file it is and how to replace it
         raise checkpoint.CheckpointReadError(f"{e} -- it is the cached download of {source} ({path}); run "
                                              f"`mimzoo download {source} --force` to fetch it again") from e
+    checkpoint.check_finite(state_dict, str(path))
     if entry is not None:
         config = with_zoo_facts(config, entry)
     return Converted(config, state_dict, source)

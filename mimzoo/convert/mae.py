@@ -61,7 +61,9 @@ def encoder_config(sd: dict, meta: dict, fmt: str, num_heads: int | None = None)
         mlp_ratio=mlp_ratio(sd, "blocks.0.mlp.fc1.weight", width), class_token=True,
         # fine-tuning makes the table a learned parameter; pretraining keeps it fixed (loaded, never regenerated)
         pos_embed="learn" if finetuned else "sincos",
-        final_norm="norm.weight" in sd, fc_norm=finetuned, global_pool="avg" if finetuned else "token",
+        # MAE drops the final norm only for global-pool fine-tuning (fc_norm instead): a file without either is
+        # missing keys, never a model without its norm
+        final_norm=not finetuned, fc_norm=finetuned, global_pool="avg" if finetuned else "token",
         num_classes=sd["head.weight"].shape[0] if "head.weight" in sd else 0,
     )
     return cfg

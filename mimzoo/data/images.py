@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import Error
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # PIL's 16- and 32-bit integer single-channel modes
+EXIF_ORIENTATION = 0x0112
 
 
 class CorruptImageError(Error, ValueError):
@@ -25,7 +27,7 @@ def square_uint8(image: Image.Image | np.ndarray, size: int) -> torch.Tensor:
     """RGB, shorter side resized to `size` (bicubic, antialiased), center-cropped: (3, size, size) uint8."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    image = image.convert("RGB")
+    image = to_rgb(image)
     w, h = image.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -35,9 +37,24 @@ def square_uint8(image: Image.Image | np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any mode. 16-bit (and 32-bit integer) grayscale is scaled to 8 bits, where PIL's convert would
+    clip every value above 255 to white; float images in [0, 1] are scaled, others clipped."""
+    if image.mode in WIDE_MODES:
+        values = np.asarray(image).astype(np.float64)
+        full = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(np.round(values * (255.0 / full)), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        values = values * 255.0 if values.size and np.nanmax(values) <= 1.0 else values
+        image = Image.fromarray(np.clip(np.round(np.nan_to_num(values)), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
 def open_image(source: bytes | str | Path, name: str | None = None) -> Image.Image:
-    """Decode fully (so truncation is caught here, not later), keeping the native size and mode (16-bit depth,
-    palette labels); any decoding failure becomes a CorruptImageError naming the file."""
+    """Decode fully (so truncation is caught here, not later), keeping the native mode (16-bit depth, palette
+    labels), upright as viewers show it (the EXIF orientation of phone photos applied); any decoding failure
+    becomes a CorruptImageError naming the file."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
@@ -45,6 +62,8 @@ def open_image(source: bytes | str | Path, name: str | None = None) -> Image.Ima
             raise CorruptImageError(label, "the file is empty (0 bytes)")
         image = Image.open(io.BytesIO(data))
         image.load()
+        if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
         return image
     except CorruptImageError:
         raise

@@ -182,13 +182,27 @@ class Method(L.LightningModule):
         if unknown:
             raise ConfigError(f"{cls.__name__} takes no {sorted(unknown)}; it takes {sorted(params)[1:]} and the "
                               f"backbone arguments {sorted(loading.BEHAVIOUR | loading.AFTER)}")
+        if "num_classes" in backbone_kwargs:  # a classifier is a Finetune's part, not a pretrainer's
+            raise ConfigError(f"{cls.__name__} has no classifier, so num_classes does not apply; load the backbone "
+                              f"(model='backbone', num_classes=...) or fine-tune it (mimzoo.methods.Finetune)")
         img_size = backbone_kwargs.pop("img_size", None)  # after the strict load, which needs the file's table
+        if img_size is not None and "image_size" in params and "image_size" not in overrides:
+            kwargs["image_size"] = img_size  # the views follow the model
         kwargs.update(overrides, backbone=None, backbone_kwargs=backbone_kwargs or None, weights=converted)
         model = cls(**kwargs)
         load_strict(model, converted.state_dict, what=str(converted.source))
         if img_size is not None:
-            model.backbone.set_input_size(img_size=img_size)
+            model.set_input_size(img_size)
         return model.eval()
+
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """Another input size: the backbone's position table is resampled and every decoder's fixed table or RoPE
+        follows the new patch grid."""
+        self.backbone.set_input_size(img_size=img_size)
+        grid = self.backbone.patch_embed.grid_size
+        for module in self.modules():
+            if hasattr(module, "set_grid") and module is not self:
+                module.set_grid(grid)
 
     # -- optimisation -----------------------------------------------------------------------------------------
     def effective_batch_size(self) -> int:

@@ -64,6 +64,13 @@ class MAEDecoder(nn.Module):
         self.pred = nn.Linear(embed_dim, pred_dim)
         mae_init_(self)
 
+    def set_grid(self, grid: tuple[int, int]) -> None:
+        """Follow the encoder to another patch grid: the table is fixed (sin-cos), so it is recomputed, not
+        resampled."""
+        if self.pos_embed is not None:
+            table = sincos_2d(self.pos_embed.shape[-1], tuple(grid), self.num_prefix_tokens)
+            self.pos_embed = nn.Parameter(table.to(self.pos_embed), requires_grad=False)
+
     def restore(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Embedded [prefix, visible] tokens -> [prefix, all N patches] with mask tokens, back in patch order."""
         P = self.num_prefix_tokens
@@ -143,7 +150,13 @@ class CrossDecoder(MAEDecoder):
             self.register_buffer("rope", rope_2d(embed_dim // num_heads, grid, rope_base), persistent=False)
             for blk in self.blocks:
                 blk.attn.num_prefix_tokens = num_prefix_tokens
+        self.rope_base, self.head_dim = rope_base, embed_dim // num_heads
         mae_init_(self)
+
+    def set_grid(self, grid: tuple[int, int]) -> None:
+        super().set_grid(grid)
+        if self.rope_base is not None:
+            self.rope = rope_2d(self.head_dim, tuple(grid), self.rope_base).to(self.rope)
 
     def forward(self, latent: torch.Tensor, reference: torch.Tensor, ids_restore: torch.Tensor | None = None,
                 return_all_blocks: bool = False):

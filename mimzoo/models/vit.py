@@ -53,6 +53,16 @@ def mae_init_(module: nn.Module) -> None:
             nn.init.normal_(p, std=0.02)
 
 
+
+def check_divisible(img_size, patch_size) -> None:
+    """The patch grid must tile the image: timm would floor the grid and silently ignore the remainder."""
+    sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    patches = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    if any(s % p for s, p in zip(sizes, patches)):
+        fit = "x".join(str(s // p * p) for s, p in zip(sizes, patches))
+        raise ConfigError(f"img_size {'x'.join(map(str, sizes))} is not a multiple of the patch size "
+                          f"{'x'.join(map(str, patches))}; use e.g. {fit}")
+
 class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=["mimzoo", "vision-transformer"]):
     """timm ViT with MIM options. Every constructor argument is plain data, so the config round-trips via
     `config.json` (`save_pretrained` / `from_pretrained`).
@@ -97,6 +107,7 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
             raise ConfigError(f"block must be one of {sorted(BLOCKS)}; got {block!r}")
         if global_pool == "token" and not class_token:
             global_pool = "avg"
+        check_divisible(img_size, patch_size)
         super().__init__(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             global_pool=global_pool, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
@@ -239,6 +250,8 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
         rebuilds the RoPE table for the new grid."""
         if isinstance(img_size, int):
             img_size = (img_size, img_size)
+        if img_size is not None:
+            check_divisible(img_size, patch_size or self.patch_embed.patch_size)
         super().set_input_size(img_size=img_size, patch_size=patch_size)
         if self.pos_embed is not None and self.pos_embed_kind == "sincos":
             self.pos_embed.requires_grad_(False)

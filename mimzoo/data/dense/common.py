@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ...errors import ConfigError, NotFoundError
 from ..folder import collate_images, report_corrupt
-from ..images import CorruptImageError, open_image
+from ..images import CorruptImageError, open_image, to_rgb
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
 
@@ -77,13 +77,13 @@ def fit_shape(height: int, width: int, size: tuple[int, int]) -> tuple[int, int]
     return min(size[0], round(height * scale)), min(size[1], round(width * scale))
 
 
-PAD_IMAGE = 128  # grey, as MultiMAE pads  # grey, as MultiMAE pads
-PAD_TARGET = {"depth": 0.0, "segmentation": IGNORE_INDEX, "normals": 0.0}  # invalid / ignored  # invalid / ignored
+PAD_IMAGE = 128  # grey, as MultiMAE pads
+PAD_TARGET = {"depth": 0.0, "segmentation": IGNORE_INDEX, "normals": 0.0}  # invalid / ignored
 
 
 def resize_image(image: Image.Image, size: tuple[int, int], box: Box) -> torch.Tensor:
     """uint8 (3, H, W); Pillow widens the bilinear kernel when shrinking, so this is antialiased."""
-    out = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
+    out = to_rgb(image).resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
     return torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
