@@ -124,3 +124,29 @@ def test_files_written_atomically_get_the_users_umask(tmp_path, umask):
     assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == expected
     assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == expected
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+class RunsCode:
+    """A pickle whose __reduce__ would create a folder when unpickled."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.mkdir, (self.target,))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["torch-archive", "legacy-pickle"])
+def test_malicious_pickles_never_run_from_the_cli_or_a_download(tmp_path, monkeypatch, capsys, zip_format):
+    target = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": RunsCode(str(target))}, evil,
+               _use_new_zipfile_serialization=zip_format)
+    assert cli(["convert", str(evil), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "never runs code" in err and "Traceback" not in err
+    with FileServer({"/evil.pth": evil.read_bytes()}) as host:
+        zoo_entry(tmp_path, monkeypatch, f"{host.url}/evil.pth")
+        with pytest.raises(mimzoo.Error, match="never runs code"):
+            mimzoo.load("tiny_mae", progress=False)
+    assert not target.exists() and not (tmp_path / "out").exists()
