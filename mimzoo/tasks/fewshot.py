@@ -28,11 +28,13 @@ for any labelled set.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .features import check_labels
 
 LAMBDA = 0.00025  # upstream's lambd before the division by the number of training samples
 
@@ -43,17 +45,31 @@ def cyanure_preprocess(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x - x.mean(dim=1, keepdim=True), dim=1)
 
 
+def check_shots(shots, seeds) -> None:
+    """At least one shot count and one seed; every shot count a positive integer (0 shots trains on nothing)."""
+    shots, seeds = list(shots), list(seeds)
+    if not shots or not seeds:
+        raise ConfigError(f"few-shot needs at least one shot count and one seed; got shots={shots}, seeds={seeds}")
+    bad = [k for k in shots if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1]
+    if bad:
+        raise ConfigError(f"few-shot shots must be positive integers (training samples per class); got {bad}")
+
+
 def fewshot_splits(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
     """Sorted indices of `shots` samples of each class, drawn without replacement by a generator seeded with
     `seed`. One permutation per class (classes in sorted order), so for one seed the 1-shot split is inside the
     2-shot split, which is inside the 5-shot split: results across shot counts compare like for like."""
+    check_shots([shots], [seed])
     labels = labels.cpu()
+    classes, counts = labels.unique(sorted=True, return_counts=True)
+    if len(classes) and int(counts.min()) < shots:  # clamping would report fewer shots under this one's name
+        small = int(counts.argmin())
+        raise ConfigError(f"{shots}-shot needs {shots} training samples per class, but class {int(classes[small])} "
+                          f"has {int(counts[small])}: use shots <= {int(counts.min())}")
     g = torch.Generator().manual_seed(seed)
     chosen = []
-    for c in labels.unique(sorted=True).tolist():
+    for c in classes.tolist():
         members = (labels == c).nonzero().flatten()
-        if len(members) < shots:
-            raise ConfigError(f"class {c} has {len(members)} samples, fewer than shots={shots}")
         chosen.append(members[torch.randperm(len(members), generator=g)[:shots]])
     return torch.cat(chosen).sort().values
 
@@ -96,6 +112,8 @@ def fewshot_on_features(train_feats: torch.Tensor, train_labels: torch.Tensor, t
                   preprocess_test: bool = False) -> dict[int, dict]:
     """{shots: {"mean", "std", "runs"}}: top-1 (%) on the whole test set for each seed's split of the training
     set; std is the sample standard deviation over seeds (0 for a single seed)."""
+    check_shots(shots, seeds)
+    check_labels(train_labels, test_labels, warn=False)
     out = {}
     for k in shots:
         runs = []

@@ -13,6 +13,8 @@ The head, the optimiser and the schedule are shared with `mimzoo.methods.LinearP
 """
 from __future__ import annotations
 
+import logging
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +23,30 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..optim import MAELars, warmup_cosine
+from .features import check_labels
+
+log = logging.getLogger("mimzoo")
+
+
+def check_linear(epochs, batch_size) -> None:
+    """A head trained for no step reports the accuracy of its random initialisation: refuse it."""
+    for name, value in (("epochs", epochs), ("probe batch size", batch_size)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"linear probe: {name} must be a positive integer; got {value!r}")
+
+
+def note_clamps(train_labels: torch.Tensor, test_labels: torch.Tensor, batch_size: int,
+                num_classes: int | None = None) -> None:
+    """One log line for each setting the data is too small for: a batch larger than the training set (one batch
+    of all of it per step) and top-5 over fewer than 5 classes (the top k = classes, always 100 %)."""
+    n = len(train_labels)
+    if batch_size > n:
+        log.warning(f"linear probe: probe batch size {batch_size} is more than the {n} training samples; using "
+                    f"{n} (one step per epoch)")
+    classes = int(num_classes or max(int(train_labels.max()), int(test_labels.max())) + 1)
+    if classes < 5:
+        log.warning(f"linear probe: top-5 accuracy over {classes} classes counts the top {classes}, so it is "
+                    f"100 % by construction")
 
 
 class ProbeHead(nn.Module):
@@ -113,6 +139,9 @@ def linear_probe_on_features(train_feats: torch.Tensor, train_labels: torch.Tens
     norm per step whatever the batch, and the blr rule at batch 256 (lr 0.1) leaves the head next to its
     initialisation after 90 epochs of a few steps (digits: 28 % top-1 against 69 % at 6.4). Pass
     lr = blr * batch_size / 256 for MAE's rule."""
+    check_linear(epochs, batch_size)
+    check_labels(train_labels, test_labels, warn=False)
+    note_clamps(train_labels, test_labels, batch_size, num_classes)
     return train_heads(train_feats, train_labels, test_feats, test_labels, [lr], "lars", epochs=epochs,
                        batch_size=batch_size, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
                        momentum=momentum, trust_coefficient=trust_coefficient, min_lr=min_lr,
@@ -129,6 +158,11 @@ def linear_grid_on_features(features: dict[str, tuple[torch.Tensor, torch.Tensor
     """MIM-Refiner's linear-probe grid: for each named feature (e.g. "cls", "cls_avg": (train, test) tensors) and
     each lr, BN(no affine) + linear trained with SGD (momentum 0.9, no weight decay), 10 % warmup then cosine; the
     reported number is the best of the grid. Returns {"best": {...}, "grid": [{feature, lr, top1, top5}, ...]}."""
+    check_linear(epochs, batch_size)
+    if not features or not lrs:
+        raise ConfigError(f"the linear grid needs at least one feature and one lr; got {list(features)}, {list(lrs)}")
+    check_labels(train_labels, test_labels, warn=False)
+    note_clamps(train_labels, test_labels, batch_size)
     grid = []
     for name, (train, test) in features.items():
         for r in train_heads(train, train_labels, test, test_labels, lrs, "sgd", epochs=epochs,

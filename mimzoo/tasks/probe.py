@@ -2,16 +2,23 @@
 digits or an ImageNet-style folder); the features are extracted once and can be cached."""
 from __future__ import annotations
 
+import hashlib
+import numbers
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from .. import loading
-from .features import extract
-from .fewshot import LAMBDA, fewshot_on_features
-from .knn import knn_predict
-from .linear import linear_grid_on_features, linear_probe_on_features
+from ..errors import ConfigError
+from .features import check_labels, check_pooling, extract, model_digest
+from .fewshot import LAMBDA, check_shots, fewshot_on_features
+from .knn import check_knn, knn_predict
+from .linear import check_linear, linear_grid_on_features, linear_probe_on_features
+
+DIGITS_SPLIT = 1200  # the first 1200 digits train, the other 597 test
 
 
 def digits_loaders(size: int, batch_size: int = 128) -> tuple[DataLoader, DataLoader]:
@@ -23,23 +30,39 @@ def digits_loaders(size: int, batch_size: int = 128) -> tuple[DataLoader, DataLo
     x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16
     x = torch.nn.functional.interpolate(x, size=size, mode="nearest").repeat(1, 3, 1, 1)
     images, labels = (x * 255).to(torch.uint8), torch.tensor(digits.target)
-    split = 1200
+    split = DIGITS_SPLIT
     batches = lambda lo, hi: [{"image": images[i:min(i + batch_size, hi)], "label": labels[i:min(i + batch_size, hi)]}  # noqa: E731
                               for i in range(lo, hi, batch_size)]
     return batches(0, split), batches(split, len(images))
 
 
-def folder_loaders(root: str, size: int, batch_size: int, workers: int) -> tuple[DataLoader, DataLoader]:
-    """ImageNet-style root/train/<class>/* and root/val/<class>/*, each image resized and centre-cropped."""
-    from pathlib import Path
-
-    from ..data import ImageFolderDataset, class_folder, collate_images
+def folder_splits(root: str) -> tuple[tuple[list, list, list], tuple[list, list, list]]:
+    """(files, labels, class names) of root/train and root/val; val's labels index train's classes."""
+    from ..data import class_folder
 
     train = class_folder(Path(root) / "train")
-    val = class_folder(Path(root) / "val", train[2])
+    return train, class_folder(Path(root) / "val", train[2])
+
+
+def folder_loaders(root: str, size: int, batch_size: int, workers: int,
+                   splits: tuple | None = None) -> tuple[DataLoader, DataLoader]:
+    """ImageNet-style root/train/<class>/* and root/val/<class>/*, each image resized and centre-cropped."""
+    from ..data import ImageFolderDataset, collate_images
+
+    train, val = splits or folder_splits(root)
     plain = lambda files, labels: DataLoader(ImageFolderDataset(files, size, labels), batch_size=batch_size,  # noqa: E731
                                              num_workers=workers, collate_fn=collate_images)
     return plain(*train[:2]), plain(*val[:2])
+
+
+def files_fingerprint(root: Path, files: list[Path], labels: list[int], classes: list[str]) -> str:
+    """sha256 of the class names and of each file's path under `root`, size, modification time and label: a file
+    added, removed, replaced or relabelled changes it."""
+    h = hashlib.sha256("\n".join(classes).encode())
+    for f, label in zip(files, labels):
+        st = os.stat(f)
+        h.update(f"\n{Path(f).relative_to(root)}\t{st.st_size}\t{st.st_mtime_ns}\t{label}".encode())
+    return h.hexdigest()
 
 
 def load_probed(model) -> torch.nn.Module:
@@ -54,18 +77,45 @@ def feature_sets(model, data: str, poolings: Sequence[str], batch_size: int = 12
                  cache_dir: str | None = None, progress: bool = True) -> dict[str, tuple[torch.Tensor, ...]]:
     """For each pooling: (train features, train labels, test features, test labels) of a backbone (or zoo name /
     checkpoint) on "digits" or an ImageNet-style folder; with `cache_dir`, read from / written to
-    <split>_<pooling>.safetensors."""
+    <split>_<pooling>.safetensors there, keyed by the model's weights, the data's files, the input size, the
+    pooling and the precision (see `features.extract`: features of another model or data are never reused)."""
+    for pooling in poolings:
+        check_pooling(pooling)
+    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if not isinstance(workers, numbers.Integral) or workers < 0:
+        raise ConfigError(f"workers must be 0 (load in this process) or more; got {workers!r}")
+    splits = None
+    if data != "digits":  # the layout and the classes are checked before a model is loaded or an image decoded
+        splits = folder_splits(data)
+        (_, ytr, classes), (_, yte, _) = splits
+        check_labels(torch.tensor(ytr), torch.tensor(yte), what=str(data), names=classes)
     vit = load_probed(model)
     size = vit.data_config["input_size"][-1]
     if data == "digits":
         train, test = digits_loaders(size, batch_size)
+        described = {split: {"dataset": "digits", "split": split, "samples": bounds, "size": size,
+                             "transform": "nearest upsampling"}
+                     for split, bounds in (("train", [0, DIGITS_SPLIT]), ("test", [DIGITS_SPLIT, None]))}
+        names = None
     else:
-        train, test = folder_loaders(data, size, batch_size, workers)
+        train, test = folder_loaders(data, size, batch_size, workers, splits)
+        names, described = splits[0][2], {}
+        for split, folder, (files, labels, _) in (("train", "train", splits[0]), ("test", "val", splits[1])):
+            described[split] = {"dataset": str(Path(data).resolve()), "split": folder, "samples": len(files),
+                                "size": size, "transform": "decode_image (resize + centre crop)"}
+            if cache_dir:  # a stat of each file
+                described[split]["files"] = files_fingerprint(Path(data), files, labels, names)
+    digest = model_digest(vit) if cache_dir else None
     out = {}
     for pooling in poolings:
         tag = lambda split, pooling=pooling: f"{cache_dir}/{split}_{pooling}.safetensors" if cache_dir else None
-        out[pooling] = (*extract(vit, train, pooling, cache=tag("train"), progress=progress),
-                        *extract(vit, test, pooling, cache=tag("test"), progress=progress))
+        common = {"progress": progress, "digest": digest}
+        out[pooling] = (*extract(vit, train, pooling, cache=tag("train"), data=described["train"], **common),
+                        *extract(vit, test, pooling, cache=tag("test"), data=described["test"], **common))
+    first = next(iter(out.values()), None)
+    if first is not None:  # unreadable images may have emptied a class
+        check_labels(first[1], first[3], what=str(data), names=names, warn=data == "digits")
     return out
 
 
@@ -77,6 +127,7 @@ def frozen_features(model: str, data: str, pooling: str = "default", batch_size:
 def knn_probe(model: str, data: str, ks=(20, 200), temperature: float = 0.07, pooling: str = "default",
               batch_size: int = 128, workers: int = 4, cache_dir: str | None = None, progress: bool = True) -> dict:
     """Top-1 accuracy (%) of weighted k-NN for each k. data: "digits" or an ImageNet-style folder (train/, val/)."""
+    check_knn(ks, temperature)
     xtr, ytr, xte, yte = frozen_features(model, data, pooling, batch_size, workers, cache_dir, progress)
     result = {}
     for k in ks:
@@ -90,6 +141,7 @@ def linear_probe(model: str, data: str, *, epochs: int = 90, lr: float = 6.4, pr
                  workers: int = 4, cache_dir: str | None = None, progress: bool = True) -> dict:
     """Top-1/top-5 (%) of MAE's BN + linear head trained with LARS on the cached features (no augmentation: a
     fast estimate; `mimzoo fit` with recipes/downstream/linear_probe_vit_base.yaml runs the full protocol)."""
+    check_linear(epochs, probe_batch_size)
     xtr, ytr, xte, yte = frozen_features(model, data, pooling, batch_size, workers, cache_dir, progress)
     out = linear_probe_on_features(xtr, ytr, xte, yte, epochs=epochs, lr=lr, batch_size=probe_batch_size,
                                 warmup_epochs=warmup_epochs, seed=seed)
@@ -102,6 +154,7 @@ def linear_grid_probe(model: str, data: str, *, epochs: int = 50, probe_batch_si
                       progress: bool = True) -> dict:
     """MIM-Refiner's grid (SGD, 13 lrs x {cls, [cls, avg]} x {last block after the final norm, last 4 raw blocks};
     avg alone for backbones without a cls token): the best top-1 (%) and the whole grid."""
+    check_linear(epochs, probe_batch_size)
     vit = load_probed(model)
     features = ["cls", "cls_avg", "cls_last4", "cls_avg_last4"] if vit.num_prefix_tokens else ["avg"]
     sets = feature_sets(vit, data, features, batch_size, workers, cache_dir, progress)
@@ -117,6 +170,7 @@ def fewshot_probe(model: str, data: str, *, shots=(1, 2, 5), seeds=(0, 1, 2), la
                   cache_dir: str | None = None, progress: bool = True) -> dict:
     """Mean and standard deviation over seeds of the extreme low-shot logistic-regression top-1 (%) for each
     number of shots (MSN / MIM-Refiner protocol, see `fewshot.py`)."""
+    check_shots(shots, seeds)
     xtr, ytr, xte, yte = frozen_features(model, data, pooling, batch_size, workers, cache_dir, progress)
     per_shot = fewshot_on_features(xtr, ytr, xte, yte, shots=shots, seeds=seeds, lambd=lambd,
                              preprocess_test=preprocess_test)
