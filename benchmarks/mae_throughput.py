@@ -1,7 +1,8 @@
-"""MAE pretraining throughput: mimzoo vs a plain reference, in the same run, on synthetic images.
+"""Pretraining throughput (MAE, SiameseIM): mimzoo vs a plain reference, in the same run, on synthetic images.
 
     python benchmarks/mae_throughput.py --model vit_base_patch16 --batch 256            # GPU
     python benchmarks/mae_throughput.py --model vit_tiny_patch16 --batch 32 --steps 10  # CPU
+    python benchmarks/mae_throughput.py --method siameseim --model vit_base_patch16 --batch 128 --decoder-dim 768
 
 A training step is forward + backward + optimizer step (no data loading). mimzoo runs as it trains: SDPA
 attention, bf16 autocast and fused AdamW on GPU (fp32 on CPU), optionally torch.compile. The reference runs the
@@ -18,8 +19,10 @@ import time
 
 import torch
 
-from mimzoo.methods import MAE
+from mimzoo.methods import MAE, SiameseIM
 from mimzoo.methods.base import weight_decay_groups
+from mimzoo.models.masking import block_mask
+from mimzoo.views import RelativeBoxes
 
 # dense bf16/fp16 tensor-core peaks (FLOP/s) for MFU
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -45,10 +48,33 @@ def mae_step_flops(model: MAE, batch: int) -> float:
     return 3 * fwd * batch
 
 
-def build(args, reference: bool) -> MAE:
+def siameseim_step_flops(model: SiameseIM, batch: int) -> float:
+    """fwd + bwd FLOPs of one SiameseIM step: the online encoder on [cls, visible], projector, predictor on
+    [cls, visible, one query per patch] (x3 for the backward) and the momentum encoder + projector on the full view
+    (forward only)."""
+    vit, dec = model.backbone, model.decoder
+    n, d, dd = vit.num_patches, vit.embed_dim, dec.embed.out_features
+    keep = n - model.hparams.num_masked + 1
+    p = vit.patch_embed.patch_size[0]
+    embed = 2 * n * 3 * p * p * d
+
+    def branch(tokens):  # encoder + embed + projector
+        return len(vit.blocks) * block_flops(tokens, d) + 2 * tokens * d * dd + len(dec.projector) * block_flops(
+            tokens, dd)
+
+    online = (embed + branch(keep) + 2 * n * 2 * dd * dd + len(dec.predictor) * block_flops(keep + n, dd)
+              + 2 * n * dd * dd)
+    return (3 * online + embed + branch(n + 1)) * batch
+
+
+def build(args, reference: bool):
     torch.manual_seed(0)
-    model = MAE(backbone=args.model, decoder_embed_dim=args.decoder_dim, decoder_depth=args.decoder_depth,
-                decoder_num_heads=args.decoder_heads, compile=args.compile and not reference)
+    if args.method == "siameseim":
+        model = SiameseIM(backbone=args.model, decoder_embed_dim=args.decoder_dim, decoder_num_heads=args.decoder_heads,
+                          compile=args.compile and not reference)
+    else:
+        model = MAE(backbone=args.model, decoder_embed_dim=args.decoder_dim, decoder_depth=args.decoder_depth,
+                    decoder_num_heads=args.decoder_heads, compile=args.compile and not reference)
     if reference:
         for m in model.modules():
             if hasattr(m, "fused_attn"):
@@ -70,10 +96,24 @@ def run(args, reference: bool) -> dict:
     images = torch.randn(args.batch, 3, model.backbone.patch_embed.img_size[0], model.backbone.patch_embed.img_size[1],
                          device=args.device)
     autocast = torch.autocast("cuda", dtype=dtype) if cuda else contextlib.nullcontext()
+    if args.method == "siameseim":  # fixed views: the step, not the view maker, is measured
+        B, dev = args.batch, args.device
+        rel = RelativeBoxes(torch.zeros(B, device=dev), torch.zeros(B, device=dev), torch.ones(B, device=dev),
+                            torch.ones(B, device=dev), torch.zeros(B, dtype=torch.bool, device=dev),
+                            torch.ones(B, device=dev))
+        mask = block_mask(B, model.backbone.grid_size, model.hparams.num_masked).to(dev)
+        images2 = torch.randn_like(images)
+
+        def loss_of():
+            model.momentum.update(model.backbone, model.decoder, 0.996)
+            return model(images, images2, rel, mask).loss
+    else:
+        def loss_of():
+            return model(images).loss
 
     def step():
         with autocast:
-            loss = model(images).loss
+            loss = loss_of()
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -98,12 +138,14 @@ def run(args, reference: bool) -> dict:
             (v for k, v in PEAK_FLOPS.items() if k in name), None)
         out["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
         if peak:
-            out["mfu"] = round(mae_step_flops(model, args.batch) / seconds / peak, 3)
+            flops = siameseim_step_flops if args.method == "siameseim" else mae_step_flops
+            out["mfu"] = round(flops(model, args.batch) / seconds / peak, 3)
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", choices=("mae", "siameseim"), default="mae")
     p.add_argument("--model", default="vit_base_patch16")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=20)
@@ -120,7 +162,7 @@ def main() -> None:
         torch.set_num_threads(torch.get_num_threads())
     cpu = f"CPU ({torch.get_num_threads()} threads)"
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu
-    print(f"# {args.model}, batch {args.batch}, {device}, torch {torch.__version__}")
+    print(f"# {args.method} {args.model}, batch {args.batch}, {device}, torch {torch.__version__}")
     results = [run(args, reference=False)]
     if not args.skip_reference:
         results.append(run(args, reference=True))

@@ -151,6 +151,11 @@ class _ViewMaker(nn.Module):
         self.normalize = K.Normalize(torch.tensor(self.mean), torch.tensor(self.std))
         self.eval_resize, self.center = mae_eval_crop(size, interpolation)
 
+    def _stateless(self) -> None:
+        """View makers hold no learned state: Kornia's sampling constants (buffers) stay out of checkpoints."""
+        for m in self.modules():
+            m._non_persistent_buffers_set.update(m._buffers)
+
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
         for m in self.modules():  # keep every Kornia sampler on the CPU generator (see the module docstring)
@@ -309,6 +314,7 @@ class TwoCropViews(_ViewMaker):
             return nn.Sequential(*ops)
 
         self.color1, self.color2 = colour(1.0, 0.0), colour(0.1, 0.2)
+        self._stateless()
 
     def make(self, images: torch.Tensor) -> TwoViews:
         B, device = images.shape[0], images.device

@@ -28,6 +28,8 @@ SERVED = {
     "mae_mimic3m": ("mae_pretrain/mimic_multiview/checkpoint.pth",
                     {"format": "mimic", "num_heads": 3, "decoder": {"num_heads": 4}, "targets": "norm_pix"}),
     "croco_v2_vit_base_small_decoder": ("croco_v2/checkpoint.pth", {"format": "croco", "num_heads": 3}),
+    "siameseim_vit_base_patch16": ("siameseim/checkpoint.pth",
+                                   {"format": "siameseim", "num_heads": 3, "decoder": {"num_heads": 4}}),
 }
 
 
@@ -55,6 +57,7 @@ def placeholders(tmp_path, parity_dir) -> dict:
     loader = [{"image": torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8, generator=g),
                "label": torch.tensor([0, 1, 0, 1])}]
     return {"images": images, "img1": images, "img2": torch.randn(2, 3, 224, 224, generator=g), "B": 2,
+            "uint8_images": torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8, generator=g),
             "torch": torch, "train_loader": loader, "test_loader": loader}
 
 

@@ -41,6 +41,13 @@ class Spec:
     output: Callable  # (model, views batch) -> a deterministic output (eval mode)
 
 
+def _rel(io):
+    from mimzoo.views import RelativeBoxes
+
+    return RelativeBoxes(*(io[k] for k in ("delta_i", "delta_j", "delta_h", "delta_w")), io["relative_flip"].bool(),
+                         io["flip_delta_j"])
+
+
 def _pair_batch(n):
     return {"image": images(n, 40, 0), "image2": images(n, 40, 1)}
 
@@ -58,6 +65,10 @@ SPECS = {
                   lambda m, io: (m(io["images"], io["images2"], noise=io["noise"]).loss, io["loss"]),
                   _pair_batch,
                   lambda m, b: m(b["image"], b["image2"], noise(m, len(b["image"]))).pred),
+    "siameseim": Spec("siameseim/checkpoint.pth", {"backbone_kwargs": {"num_heads": 3}, "decoder_num_heads": 4},
+                      lambda m, io: (m(io["images"], io["images2"], _rel(io), io["mask"]).loss, io["loss"].reshape(())),
+                      lambda n: {"image": images(n, 40)},
+                      lambda m, b: m(b["image"], b["image2"], b["rel"], b["mask"]).pred),
     "finetune": Spec("mae_vit/checkpoint.pth", {"num_classes": 10},
                      lambda m, io: (m(io["images"]), io["logits"]),
                      lambda n: {"image": images(n, 40), "label": torch.arange(n) % 10},

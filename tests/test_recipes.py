@@ -52,10 +52,11 @@ def test_paper_recipe_matches_the_paper():
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe, run_dir, tokens", [("mae_tiny", "quickstart", 65),
                                                     ("croco_tiny", "croco_quickstart", 64),
-                                                    ("depth_tiny", "depth_quickstart", 65)])
+                                                    ("depth_tiny", "depth_quickstart", 65),
+                                                    ("siameseim_tiny", "quickstart_siameseim", 65)])
 def test_quickstart_command(tmp_path, recipe, run_dir, tokens):
-    """The README's first command (minus the install), its cross-view twin and the depth fine-tuning example: a
-    real CPU training run that saves a checkpoint and pictures, and whose loss falls."""
+    """The README's first command (minus the install), its cross-view and SiameseIM twins and the depth fine-tuning
+    example: a real CPU training run that saves a checkpoint and pictures, and whose loss falls."""
     env = {**os.environ, "MIMZOO_CACHE": str(tmp_path / "cache")}
     run = subprocess.run([sys.executable, "-m", "mimzoo.cli", "fit", "-c",
                           str(ROOT / f"recipes/quickstart/{recipe}.yaml"), "--trainer.enable_progress_bar=false"],
@@ -63,7 +64,7 @@ def test_quickstart_command(tmp_path, recipe, run_dir, tokens):
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "runs" / run_dir
     assert (out / "checkpoints" / "last.ckpt").is_file()
-    pictures = "predictions" if recipe == "depth_tiny" else "reconstructions"
+    pictures = {"depth_tiny": "predictions", "siameseim_tiny": "geometry"}.get(recipe, "reconstructions")
     assert len(list((out / pictures).glob("epoch_*.png"))) >= 2
     import csv
 

@@ -15,6 +15,8 @@ PER_METHOD = {
     "mimic": {**DECODER, "image_size": 32},
     "finetune": {"num_classes": 10, "image_size": 32, "mixup": 0.0, "cutmix": 0.0, "randaug_n": 0, "reprob": 0.0,
                  "drop_path_rate": 0.0},
+    "siameseim": {"decoder_embed_dim": 64, "decoder_num_heads": 2, "projector_depth": 1, "predictor_depth": 1,
+                  "image_size": 32, "num_masked": 9, "crop_scale": (0.2, 1.0)},
     "linear_probe": {"num_classes": 10, "image_size": 32},
     "dense_finetune": {"image_size": 32, "feature_dim": 32, "drop_path_rate": 0.0, "hooks": [0, 0, 1, 1]},
 }

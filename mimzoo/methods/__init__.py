@@ -13,11 +13,14 @@ from .dense import DenseFinetune, DenseOutput
 from .finetune import ClassifierOutput, Finetune
 from .linear_probe import LinearProbe
 from .mae import MAE, MAEOutput
+from .siameseim import SiameseIM, SiameseIMOutput
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (MAE, CroCo, MIMIC, Finetune, LinearProbe, DenseFinetune)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (MAE, CroCo, MIMIC, SiameseIM, Finetune, LinearProbe,
+                                                             DenseFinetune)}
 
 __all__ = ["METHODS", "Method", "MAE", "MAEOutput", "CroCo", "CroCoOutput", "MIMIC", "Finetune", "LinearProbe",
-           "DenseFinetune", "LossOutput", "ClassifierOutput", "DenseOutput", "method_for", "pretrainer"]
+           "DenseFinetune", "SiameseIM", "SiameseIMOutput", "LossOutput", "ClassifierOutput", "DenseOutput",
+           "method_for", "pretrainer"]
 
 
 def method_for(config: dict) -> type[Method]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -117,9 +118,14 @@ class Method(L.LightningModule):
         self._set_hparam(name, out)
         return out
 
-    def load_file_parts(self) -> None:
+    def load_file_parts(self, derived: dict[str, Callable[[], None]] | None = None) -> None:
         """Load every part (top-level child: decoder, heads, momentum copies) the file holds that this method also
-        has with the same keys and shapes; log one line of what came from the file and what from init."""
+        has with the same keys and shapes; log one line of what came from the file and what from init.
+
+        Args:
+            derived: parts made from the others when the file does not hold them, e.g. {"momentum": copy the
+                online weights} (a momentum target starts as a copy of what the file gave the online branch).
+        """
         if self.weights_file is None:
             return
         self.weights_source = str(self.weights_file.source)
@@ -136,6 +142,11 @@ class Method(L.LightningModule):
                 self._from_init.append(name)
                 if weights:
                     self._notes.append(f"the file's {name} does not fit ({_mismatch(weights, own)})")
+        for name, make in (derived or {}).items():
+            if name in self._from_init:
+                make()
+                self._from_init.remove(name)
+                self._notes.append(f"{name} copied from the online weights")
         unused = [p for p in held if not hasattr(self, p)]
         if unused:
             self._notes.append(f"{type(self).__name__} has no {', '.join(unused)}: not used")

@@ -9,7 +9,8 @@ from typing import ClassVar, Literal
 import torch
 
 from ..errors import ConfigError
-from ..models.decoders import CrossDecoder, masked_mse, patchify
+from ..models.decoders import CrossDecoder, patchify
+from ..models.losses import masked_mse
 from ..models.masking import croco_mask, mae_masking
 from ..optim import Optimization
 from ..views import CroCoPairViews, PairViews

@@ -20,7 +20,7 @@ from ..tasks.linear import ProbeHead
 from ..views import MAEViews
 from .finetune import Classifier, ClassifierOutput
 
-POOLINGS = ("cls", "avg")
+POOLINGS = ("cls", "avg", "default")
 
 
 class LinearProbe(Classifier):
@@ -39,8 +39,9 @@ class LinearProbe(Classifier):
         backbone_kwargs: ViT arguments (see `mimzoo.loading.backbone_for`).
         weights: the backbone to probe (zoo name, path, `hf-hub:`), resized to `image_size`.
         num_classes: classes of the head.
-        pooling: "cls" (the cls token after the final norm, MAE's default) or "avg" (mean of the patch tokens after
-            the final norm; the only choice without a cls token, e.g. CroCo).
+        pooling: "cls" (the cls token after the final norm, MAE's default), "avg" (mean of the patch tokens after
+            the final norm; the only choice without a cls token, e.g. CroCo) or "default" (the backbone's own
+            pooled feature, e.g. SiameseIM's `--global_pool` probe: LayerNorm of the patch mean).
         image_size: training and evaluation resolution.
         optim: optimisation (LARS, blr 0.1, wd 0, momentum 0.9, trust 1e-3, 10 warmup epochs, min lr 0).
     """

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
-from ..models.decoders import MAEDecoder, masked_mse, patchify
+from ..models.decoders import MAEDecoder, patchify
+from ..models.losses import masked_mse
 from ..models.masking import mae_masking
 from ..optim import Optimization
 from ..views import MAEViews

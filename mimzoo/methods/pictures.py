@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.utils import make_grid, save_image
 
 from ..checkpoint import atomic_path
 from ..models.decoders import patchify, unpatchify
+from ..models.pos_embed import view2_centres_in_view1
 
 
 def reconstruction_grid(images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int,
@@ -60,3 +62,42 @@ class ReconstructionPictures:
         grid = reconstruction_grid(images, out.pred, out.mask, self.backbone.patch_embed.patch_size[0],
                                    self.views.mean, self.views.std, self.norm_pix_loss, reference)
         return save_epoch_picture(self, grid, "reconstructions")
+
+
+def geometry_picture(images1: torch.Tensor, images2: torch.Tensor, rel, mean, std, patch_size: int,
+                     max_rows: int = 4, scale: int = 4) -> torch.Tensor:
+    """One row per sample: view 1 | view 2, each enlarged `scale` times; on view 2 a dot at every patch centre,
+    coloured by its position (hue along the columns, brightness down the rows), and on view 1 the same dots where
+    those centres land (outside view 1: not drawn). Where the geometry is right, each pair of dots sits on the
+    same image content."""
+    from PIL import Image, ImageDraw
+
+    n = min(max_rows, images1.shape[0])
+    size = images1.shape[-1]
+    grid = size // patch_size
+    y1, x1 = view2_centres_in_view1(type(rel)(*(t[:n] for t in rel)), grid)
+    m = torch.tensor(mean, device=images1.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=images1.device).view(1, 3, 1, 1)
+    tiles = []
+    for view in (images1[:n], images2[:n]):
+        rgb = ((view.float() * s + m).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        tiles.append([Image.fromarray(t).resize((size * scale, size * scale), Image.Resampling.NEAREST) for t in rgb])
+    radius = max(2, scale * patch_size // 8)
+    for b in range(n):
+        draws = [ImageDraw.Draw(tiles[0][b]), ImageDraw.Draw(tiles[1][b])]
+        for k in range(grid * grid):
+            r, c = divmod(k, grid)
+            colour = tuple(int(v) for v in _hue(c / grid, 0.45 + 0.55 * (1 - r / grid)))
+            for d, (py, px) in ((draws[1], (r, c)), (draws[0], (float(y1[b, k]), float(x1[b, k])))):
+                cy, cx = (py + 0.5) * patch_size * scale, (px + 0.5) * patch_size * scale
+                if 0 <= cy < size * scale and 0 <= cx < size * scale:
+                    d.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour, outline=(0, 0, 0))
+    rows = [torch.from_numpy(np.array(t)).permute(2, 0, 1).float() / 255 for b in range(n)
+            for t in (tiles[0][b], tiles[1][b])]
+    return make_grid(rows, nrow=2, padding=4, pad_value=1.0)
+
+
+def _hue(h: float, value: float) -> tuple[float, float, float]:
+    import colorsys
+
+    return tuple(255 * v for v in colorsys.hsv_to_rgb(h, 1.0, value))

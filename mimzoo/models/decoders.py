@@ -1,4 +1,5 @@
-"""Pixel decoders shared by the methods, and the patch <-> image helpers their losses need."""
+"""Decoders shared by the methods (MAE's, the cross-view one of CroCo / MIMIC, SiameseIM's predictor), and the
+patch <-> image helpers."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +8,7 @@ from timm.models.vision_transformer import Attention
 from torch import nn
 
 from .blocks import Block, RopeAttention
-from .pos_embed import rope_2d, sincos_2d
+from .pos_embed import relative_sincos, rope_2d, sincos_2d
 from .vit import gather_tokens, mae_init_
 
 
@@ -24,22 +25,6 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple[int, int], ch
     (h, w), p = grid, patch_size
     x = patches.reshape(B, h, w, p, p, channels)
     return torch.einsum("nhwpqc->nchpwq", x).reshape(B, channels, h * p, w * p)
-
-
-def normalized_pixels(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """MAE's norm_pix target: per-patch mean/std (unbiased variance, + eps inside the root)."""
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    return (target - mean) / (var + eps) ** 0.5
-
-
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool) -> torch.Tensor:
-    """Mean squared error per patch, averaged over the removed patches only (mask 1 = removed)."""
-    if norm_pix:
-        target = normalized_pixels(target)
-    loss = (pred - target).pow(2).mean(dim=-1)
-    mask = mask.to(loss.dtype)
-    return (loss * mask).sum() / mask.sum()
 
 
 class MAEDecoder(nn.Module):
@@ -181,3 +166,67 @@ class CrossDecoder(MAEDecoder):
         if return_all_blocks:
             return outs[:-1] + [x]
         return self.pred(x[:, self.num_prefix_tokens:]), x
+
+
+class PermuteBN(nn.Module):
+    """SiameseIM's token BatchNorm: BatchNorm1d over the channels of (B, L, C) tokens (statistics over all B*L
+    tokens, cls included), in fp32 whatever the autocast. Under DDP, `sync_batchnorm` makes them global."""
+
+    def __init__(self, dim: int, **factory):  # timm passes device / dtype
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, **factory)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.bn(x.float().transpose(1, 2)).transpose(1, 2)
+
+
+def bn_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.ModuleList:
+    return nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=PermuteBN) for _ in range(depth))
+
+
+class SiameseDecoder(nn.Module):
+    """SiameseIM's projector and predictor. `project`: the encoder's tokens -> `embed` -> `projector` blocks (the
+    part the momentum target copies). `forward`: the projected [cls, visible view-1] tokens, plus one query per
+    view-2 patch (`mask_token` + `pos_mlp` of its relative sin-cos position in view 1), with the row-first fixed
+    table on the view-1 tokens, through the `predictor` blocks (full self-attention) and `pred`; the
+    predictions for every view-2 patch. Both block stacks normalise with `PermuteBN`; no final norm."""
+
+    def __init__(self, in_dim: int, grid: tuple[int, int], embed_dim: int = 768, projector_depth: int = 2,
+                 predictor_depth: int = 4, num_heads: int = 16, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.part_config = {"kind": "siameseim", "embed_dim": embed_dim, "projector_depth": projector_depth,
+                            "predictor_depth": predictor_depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio}
+        self.grid = tuple(grid)
+        self.embed = nn.Linear(in_dim, embed_dim)
+        self.projector = bn_blocks(embed_dim, projector_depth, num_heads, mlp_ratio)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.grid, 1, rows_first=True), requires_grad=False)
+        self.pos_mlp = nn.Linear(2 * embed_dim, embed_dim)
+        self.predictor = bn_blocks(embed_dim, predictor_depth, num_heads, mlp_ratio)
+        self.pred = nn.Linear(embed_dim, embed_dim)
+        mae_init_(self)
+
+    def set_grid(self, grid: tuple[int, int]) -> None:
+        self.grid = tuple(grid)
+        table = sincos_2d(self.pos_embed.shape[-1], self.grid, 1, rows_first=True)
+        self.pos_embed = nn.Parameter(table.to(self.pos_embed), requires_grad=False)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        for blk in self.projector:
+            x = blk(x)
+        return x
+
+    def forward(self, latent: torch.Tensor, ids_keep: torch.Tensor, rel) -> torch.Tensor:
+        """latent: the encoder's [cls, visible view-1 patches]; ids_keep: (B, K) their patch indices; rel: the
+        `RelativeBoxes` of view 2 in view 1. Returns (B, N, embed_dim) predictions for every view-2 patch."""
+        x = self.project(latent)
+        table = self.pos_embed.to(x.dtype)
+        visible = gather_tokens(table[:, 1:].expand(x.shape[0], -1, -1), ids_keep)
+        queries = self.pos_mlp(relative_sincos(rel, table.shape[-1], self.grid[0]).to(x.dtype))
+        queries = self.mask_token.to(x.dtype) + queries
+        x = torch.cat([x[:, :1] + table[:, :1], x[:, 1:] + visible, queries], dim=1)
+        for blk in self.predictor:
+            x = blk(x)
+        return self.pred(x[:, -queries.shape[1]:])
