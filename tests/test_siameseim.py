@@ -223,3 +223,13 @@ def test_the_geometry_picture_puts_each_dot_on_the_same_content():
                 assert torch.allclose(here, there, atol=0.03), (b, k, here, there)
                 seen += 1
     assert seen > 100
+
+
+@pytest.mark.slow
+def test_the_training_forward_traces_as_one_graph():
+    """What `compile=True` compiles: one graph, no graph break (no host sync, no data-dependent Python)."""
+    model = tiny(SiameseIM).train()
+    batch = model.on_after_batch_transfer({"image": torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)}, 0)
+    explained = torch._dynamo.explain(model._forward)(batch["image"], batch["image2"], RelativeBoxes(*batch["rel"]),
+                                                       batch["mask"])
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
