@@ -111,20 +111,29 @@ def test_a_file_without_a_momentum_target_starts_it_from_the_online_weights(pari
         assert torch.equal(t, o)
 
 
-def _unigrad_rank(rank, world, port, pred, target, out):
+def _unigrad_rank(rank, world, port, pred, target, fixture, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         half = pred.shape[0] // world
-        loss = unigrad_loss(pred[rank * half:(rank + 1) * half], target[rank * half:(rank + 1) * half])
+        mine = slice(rank * half, (rank + 1) * half)
+        loss = unigrad_loss(pred[mine], target[mine])
         dist.all_reduce(loss)  # what DDP's gradient averaging amounts to: the mean of the ranks' losses
-        out[rank] = loss / world
+        out[0, rank] = loss / world
+        # the whole model, one fixture sample per rank (eval mode: CPU has no SyncBatchNorm, see docs/siameseim.md)
+        io = load_io(fixture.parent)
+        model = mimzoo.load(fixture, model="pretrainer", **HINTS).eval()
+        with torch.no_grad():
+            loss = model(io["images"][rank:rank + 1], io["images2"][rank:rank + 1],
+                         RelativeBoxes(*(t[rank:rank + 1] for t in rel_of(io))), io["mask"][rank:rank + 1]).loss
+        dist.all_reduce(loss)
+        out[1, rank] = loss / world
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_unigrad_on_two_processes_equals_one_process_on_the_union_batch():
+def test_unigrad_on_two_processes_equals_one_process_on_the_union_batch(parity_dir):
     import socket
 
     g = torch.Generator().manual_seed(0)
@@ -132,10 +141,13 @@ def test_unigrad_on_two_processes_equals_one_process_on_the_union_batch():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = torch.zeros(2).share_memory_()
-    mp.spawn(_unigrad_rank, args=(2, port, pred, target, out), nprocs=2, join=True)
+    out = torch.zeros(2, 2).share_memory_()
+    fixture = parity_dir / "siameseim" / "checkpoint.pth"
+    mp.spawn(_unigrad_rank, args=(2, port, pred, target, fixture, out), nprocs=2, join=True)
     union = unigrad_loss(pred, target)
-    assert torch.allclose(out, union.expand(2), atol=1e-6), (out, union)
+    assert torch.allclose(out[0], union.expand(2), atol=1e-6), (out, union)
+    # upstream's loss on both samples in one process (its own all-reduce over a world of one)
+    assert torch.allclose(out[1], load_io(fixture.parent)["loss"].expand(2), atol=1e-5), out
     alone = (unigrad_loss(pred[:2], target[:2]) + unigrad_loss(pred[2:], target[2:])) / 2
     assert not torch.allclose(alone, union, atol=1e-4)  # without the all-reduce the push term differs
 
