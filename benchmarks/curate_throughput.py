@@ -6,12 +6,14 @@
 mimzoo decodes the video once in order, computes SIFT once per frame and reuses it for both pairs a frame belongs
 to, and measures the patch overlap with vectorised votes. The naive loop does what a direct port of MIMIC's
 scripts does for every candidate pair: seek to both timestamps, compute SIFT for both frames, and vote patch by
-patch in Python. Both use the same matcher and thresholds, on one core; the accepted pairs are compared.
+patch in Python with fresh random pixels (MIMIC's estimator). Both use the same matcher and thresholds, on one
+core; the accepted pairs are compared (the estimator being random, pairs at the window's edges may differ).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
 import time
 from collections import Counter
@@ -22,7 +24,7 @@ import numpy as np
 
 from mimzoo.curate import Options, process
 from mimzoo.curate.frames import resize
-from mimzoo.curate.matching import GRID, OFFSETS, PATCH, SIZE, match, sift
+from mimzoo.curate.matching import GRID, PATCH, SIZE, match, sift
 
 
 def synthetic_video(path: Path, seconds: int, fps: int = 10) -> Path:
@@ -41,19 +43,23 @@ def synthetic_video(path: Path, seconds: int, fps: int = 10) -> Path:
     return path
 
 
-def naive_overlap(h: np.ndarray) -> float:
+def naive_overlap(h: np.ndarray, rng: random.Random) -> float:
+    """MIMIC's estimator as its scripts run it: for every patch and each direction, 100 fresh pixels drawn with
+    replacement, warped one by one, the most frequent patch (first to reach the top count) taken once."""
     def one_way(hm):
-        out, taken = {}, set()
+        out = {}
         for src in range(GRID * GRID):
             r, c = divmod(src, GRID)
-            votes = Counter()
-            for dy, dx in OFFSETS:
-                x, y = cv2.perspectiveTransform(np.array([[[c * PATCH + dx, r * PATCH + dy]]], np.float64), hm)[0, 0]
-                votes["out" if not (0 <= x < SIZE and 0 <= y < SIZE) else int(y) // PATCH * GRID + int(x) // PATCH] += 1
-            winner = votes.most_common(1)[0][0]
-            if winner != "out" and winner not in taken:
-                out[src] = winner
-                taken.add(winner)
+            votes, best = Counter(), None
+            for k in rng.choices(range(PATCH * PATCH), k=100):
+                pt = np.float32([[[c * PATCH + k % PATCH, r * PATCH + k // PATCH]]])
+                x, y = cv2.perspectiveTransform(pt, hm)[0, 0]
+                v = "out" if not (0 <= x < SIZE and 0 <= y < SIZE) else int(y) // PATCH * GRID + int(x) // PATCH
+                votes[v] += 1
+                if best is None or votes[v] > votes[best]:
+                    best = v
+            if best != "out" and best not in out.values():
+                out[src] = best
         return len(out)
     return min(one_way(h), one_way(np.linalg.inv(h))) / GRID ** 2
 
@@ -62,7 +68,7 @@ def naive(video: str, opts: Options) -> tuple[list[tuple[int, int]], int]:
     cap = cv2.VideoCapture(video)
     fps = cap.get(cv2.CAP_PROP_FPS)
     seconds = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) / fps)
-    accepted, frames = [], 0
+    accepted, frames, rng = [], 0, random.Random(0)
 
     def frame_at(t):
         cap.set(cv2.CAP_PROP_POS_MSEC, t * 1000)
@@ -75,7 +81,7 @@ def naive(video: str, opts: Options) -> tuple[list[tuple[int, int]], int]:
         if a is None or b is None:
             continue
         m = match(sift(a), sift(b))
-        if m.reason is None and opts.low < naive_overlap(m.homography) < opts.high:
+        if m.reason is None and opts.low < naive_overlap(m.homography, rng) < opts.high:
             accepted.append((t, t + 1))
     return accepted, frames
 
@@ -99,7 +105,8 @@ def main() -> None:
     print(json.dumps({
         "video": args.video or f"synthetic {args.seconds} s, 320x240, 10 fps", "candidate_pairs": candidates,
         "accepted": len(result["pairs"]), "naive_accepted": len(naive_pairs),
-        "same_pairs": sorted((round(r["time_a"]), round(r["time_b"])) for r in result["pairs"]) == sorted(naive_pairs),
+        # MIMIC's overlap is a random estimate: near the window's edges a pair can fall either way in either run
+        "pairs_in_common": len({(round(r["time_a"]), round(r["time_b"])) for r in result["pairs"]} & set(naive_pairs)),
         "mimzoo": {"seconds": round(ours, 2), "sampled_frames_per_s": round((candidates + 1) / ours, 1),
                    "candidate_pairs_per_s": round(candidates / ours, 1)},
         "naive": {"seconds": round(theirs, 2), "sampled_frames_per_s": round(naive_frames / theirs, 1),

@@ -27,8 +27,8 @@ class Frame:
 def resize(frame_rgb: np.ndarray, crop_bottom: float = 0.0) -> np.ndarray:
     """MIMIC: cv2.resize(img, (224, 224)), bilinear; its Mannequin script first cuts off the bottom 20 % of the
     frame (crop_bottom=0.2)."""
-    if crop_bottom:
-        frame_rgb = frame_rgb[: max(1, round(frame_rgb.shape[0] * (1 - crop_bottom)))]
+    if crop_bottom:  # MIMIC keeps frame[: -int(0.2 * h)]: h - int(0.2 * h) rows (a cut of 0 rows keeps them all)
+        frame_rgb = frame_rgb[: frame_rgb.shape[0] - int(crop_bottom * frame_rgb.shape[0])]
     return cv2.resize(frame_rgb, (SIZE, SIZE))
 
 
@@ -46,7 +46,9 @@ def video_frames(path: str | Path, gap: float = 1.0, crop_bottom: float = 0.0) -
     """Decode sequentially and keep the first frame at or after each target time. A frame's time is index / fps
     (the container's own timestamp when it reports no frame rate): decoding every frame in order is exact and
     deterministic where seeking (MIMIC sets CAP_PROP_POS_MSEC) depends on the codec's key frames. Raises
-    ValueError for a video that cannot be decoded."""
+    ValueError for a video that cannot be decoded. As MIMIC, a last partial second gives no frame: a video of
+    `n` frames at `fps` has frames at t < int(n // fps) (MIMIC reads the container's count; this counts the frames
+    actually decoded, which is the same for a sound file and safe for one whose header lies)."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise ConfigError("cannot open the video (corrupt, empty or an unsupported codec)")
@@ -67,6 +69,9 @@ def video_frames(path: str | Path, gap: float = 1.0, crop_bottom: float = 0.0) -
         cap.release()
     if index == 0:
         raise ConfigError("no decodable frame")
+    if fps > 0:  # MIMIC: seconds = int(frame count // fps), frames at t < seconds (no partial last second)
+        seconds = int(index // fps)
+        kept = [f for f in kept if f.time < seconds - 1e-6]
     return kept
 
 
@@ -85,7 +90,9 @@ def folder_frames(folder: str | Path) -> list[Path]:
 
 
 def folder_pairs(count: int, step: int = 10, offset: int = 5) -> list[tuple[int, int]]:
-    return [(i, i + offset) for i in range(0, count - offset, step)]
+    """MIMIC's CO3D loop: (i, i + offset) for i = 0, step, ... while i < count - offset - 1 (its bound, which
+    leaves out the last possible pair)."""
+    return [(i, i + offset) for i in range(0, count - offset - 1, step)]
 
 
 def window_groups(count: int, window: int = 60, first: int = 10, second: int = 49) -> list[list[tuple[int, int]]]:

@@ -2,6 +2,7 @@
 homography, and the patch overlap on the 14 x 14 grid of 16-pixel patches (RAIVNLab/MIMIC datasets/utils.py)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import cv2
@@ -53,27 +54,19 @@ def match(a: Features, b: Features, matcher=None) -> Match:
     return Match(h, len(good), int(inliers.sum()), None)
 
 
-def _sample_pixels(seed: int = 0) -> np.ndarray:
-    """100 pixel offsets inside a patch, drawn with replacement like MIMIC, but from a fixed seed so that the same
-    pair always gets the same overlap (MIMIC's draw is unseeded)."""
-    return np.random.default_rng(seed).integers(0, PATCH, size=(PIXELS_PER_PATCH, 2))
-
-
-OFFSETS = _sample_pixels()
-
-
-def patch_pixels(offsets: np.ndarray = OFFSETS) -> np.ndarray:
-    """(196, 100, 2) x, y pixel coordinates sampled in every patch (row-major patches)."""
+def sample_pixels(rng: np.random.Generator) -> np.ndarray:
+    """(196, 100, 2) x, y pixels: for every patch its own 100 draws, with replacement, of the patch's 256 pixels
+    (MIMIC's `get_random_pixels_from_patch`, called afresh for every patch and direction)."""
+    index = rng.integers(0, PATCH * PATCH, size=(GRID * GRID, PIXELS_PER_PATCH))
     rows, cols = np.divmod(np.arange(GRID * GRID), GRID)
-    return np.stack([cols[:, None] * PATCH + offsets[None, :, 1], rows[:, None] * PATCH + offsets[None, :, 0]],
-                    -1).astype(np.float64)
+    return np.stack([cols[:, None] * PATCH + index % PATCH, rows[:, None] * PATCH + index // PATCH], -1)
 
 
 def vote(warped: np.ndarray, valid: np.ndarray | None = None) -> dict[int, int]:
     """MIMIC's one-to-one patch correspondence from where each patch's sampled pixels land (196, 100, 2): each
     source patch (row-major, in order) votes for the target patch its pixels fall in ("out" when outside or not
-    valid); the majority wins (ties: the smallest patch index, where MIMIC takes the first value to reach the top
-    count), and a target is taken only once."""
+    valid); the majority wins, a tie going to the value that reached the top count first in sampling order (MIMIC's
+    `find_majority`), and a target is taken only once."""
     x, y = warped[..., 0], warped[..., 1]
     inside = (x >= 0) & (x < SIZE) & (y >= 0) & (y < SIZE)
     if valid is not None:
@@ -82,17 +75,28 @@ def vote(warped: np.ndarray, valid: np.ndarray | None = None) -> dict[int, int]:
                       + np.clip(x, 0, SIZE - 1).astype(int) // PATCH, GRID * GRID)  # GRID*GRID = "out"
     out, taken = {}, set()
     for src in range(GRID * GRID):
-        winner = int(np.bincount(target[src], minlength=GRID * GRID + 1).argmax())
+        winner = first_majority(target[src])
         if winner != GRID * GRID and winner not in taken:
             out[src] = winner
             taken.add(winner)
     return out
 
 
-def patch_map(h: np.ndarray, offsets: np.ndarray = OFFSETS) -> dict[int, int]:
-    """The patch correspondence under a homography."""
-    pts = patch_pixels(offsets)
-    warped = cv2.perspectiveTransform(pts.reshape(-1, 1, 2), h).reshape(pts.shape)
+def first_majority(values: np.ndarray) -> int:
+    """The most frequent value; among equals, the one whose last needed vote comes first."""
+    counts = np.bincount(values)
+    top = counts.max()
+    tied = np.flatnonzero(counts == top)
+    if len(tied) == 1:
+        return int(tied[0])
+    reached = [np.flatnonzero(values == v)[top - 1] for v in tied]
+    return int(tied[int(np.argmin(reached))])
+
+
+def patch_map(h: np.ndarray, pixels: np.ndarray) -> dict[int, int]:
+    """The patch correspondence under a homography, for sampled pixels (196, 100, 2); float32 points as MIMIC."""
+    pts = pixels.astype(np.float32)
+    warped = cv2.perspectiveTransform(pts.reshape(-1, 1, 2), np.asarray(h, np.float64)).reshape(pts.shape)
     return vote(warped)
 
 
@@ -103,10 +107,20 @@ def smaller(forward: dict[int, int], backward: dict[int, int]) -> tuple[float, d
     return len(backward) / GRID ** 2, {a: b for b, a in backward.items()}
 
 
-def overlap(h: np.ndarray) -> tuple[float, dict[int, int]]:
-    """MIMIC's conservative overlap: the patch map in both directions (H and its inverse); the smaller one, as a
-    fraction of the 196 patches, with keys always in view A."""
-    return smaller(patch_map(h), patch_map(np.linalg.inv(h)))
+def pair_rng(h: np.ndarray) -> np.random.Generator:
+    """The seeded draw of one pair: from the homography's bytes, so a pair always gets the same overlap (and a
+    resumed run the same pairs) while different pairs get independent pixels, as MIMIC's unseeded draws are."""
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(np.asarray(h, np.float64).tobytes()).digest()[:8],
+                                                "little"))
+
+
+def overlap(h: np.ndarray, rng: np.random.Generator | None = None) -> tuple[float, dict[int, int]]:
+    """MIMIC's conservative overlap: the patch map in both directions (H and its inverse), each with its own fresh
+    pixels per patch; the smaller one, as a fraction of the 196 patches, with keys always in view A. MIMIC's
+    estimator is random (unseeded); this is a seeded draw of the same estimator (`pair_rng` unless `rng`)."""
+    rng = rng or pair_rng(h)
+    forward = patch_map(h, sample_pixels(rng))
+    return smaller(forward, patch_map(np.linalg.inv(h), sample_pixels(rng)))
 
 
 def laplacian_variance(frame_rgb: np.ndarray) -> float:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from .frames import read_frame
-from .matching import SIZE, laplacian_variance, match, overlap, patch_pixels, sift, smaller, vote
+from .matching import SIZE, laplacian_variance, match, overlap, sample_pixels, sift, smaller, vote
 
 
 def load_camera(view: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -32,11 +32,11 @@ def load_camera(view: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndar
     return resized, scale @ np.array(cam["K"]), np.array(cam["pose"])
 
 
-def reproject(src: tuple, dst: tuple, depth_tolerance: float = 0.05) -> dict[int, int]:
+def reproject(src: tuple, dst: tuple, rng: np.random.Generator, depth_tolerance: float = 0.05) -> dict[int, int]:
     """Patch map by reprojection: sampled pixels of the source view -> 3-D -> the other view; a pixel votes only
     if it lands in front of the camera, inside, and agrees with the other view's depth (not occluded)."""
     (d1, k1, t1), (d2, k2, t2) = src, dst
-    pts = patch_pixels()
+    pts = sample_pixels(rng).astype(np.float64)
     x, y = pts[..., 0], pts[..., 1]
     z = d1[y.astype(int), x.astype(int)]
     rays = np.linalg.inv(k1) @ np.stack([x + 0.5, y + 0.5, np.ones_like(x)]).reshape(3, -1)
@@ -53,8 +53,11 @@ def reproject(src: tuple, dst: tuple, depth_tolerance: float = 0.05) -> dict[int
     return vote(warped, valid)
 
 
-def depth_overlap(a: tuple, b: tuple) -> float:
-    return smaller(reproject(a, b), reproject(b, a))[0]
+def depth_overlap(a: tuple, b: tuple, seed: int = 0) -> float:
+    """The overlap by reprojection, each direction with its own fresh pixels per patch (a seeded draw)."""
+    rng = np.random.default_rng(seed)
+    forward = reproject(a, b, rng)
+    return smaller(forward, reproject(b, a, rng))[0]
 
 
 def process_sample(folder: Path, low: float, high: float, min_sharpness: float = 1000.0):

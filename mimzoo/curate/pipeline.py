@@ -165,7 +165,8 @@ def process(source: str, out: str, opts: Options) -> dict:
                 frames = {k: (f.index, f.time, rotate(f.image, rotation)) for k, f in enumerate(decoded)}
         features = {k: sift(img) for k, (_, _, img) in frames.items()}
         if opts.retry and not Path(source).is_dir() and not opts.multiview:
-            kept = accepted_with_retry(len(frames), frames, features, opts, rejected)
+            kept = accepted_with_retry(len(frames), lambda a, b: check_pair(a, b, frames, features, opts), opts,
+                                       rejected)
         else:
             kept = accepted_pairs(groups, frames, features, opts, rejected)
         for a, b, value, m in kept:
@@ -223,17 +224,17 @@ def accepted_pairs(groups: list[list[tuple[int, int]]], frames: dict, features: 
     return kept
 
 
-def accepted_with_retry(count: int, frames: dict, features: dict, opts: Options,
-                        rejected: Counter) -> list[tuple[int, int, float, object]]:
+def accepted_with_retry(count: int, check, opts: Options, rejected: Counter) -> list[tuple[int, int, float, object]]:
     """MIMIC's ArkitScenes loop over a video's frames t = 0, 1, 2, ... s: test (t, t + 1); when its overlap is above
-    the window, test (t, t + 2) instead and, if that is kept, skip a frame."""
+    the window (strictly: exactly `high` is rejected without a retry), test (t, t + 2) instead and, if that is
+    kept, skip a frame. `check(a, b)` tests one candidate (`check_pair` on the video's frames)."""
     kept, i = [], 0
     while i < count - 1:
-        why, value, m = check_pair(i, i + 1, frames, features, opts)
+        why, value, m = check(i, i + 1)
         if not why:
             kept.append((i, i + 1, value, m))
-        elif why == "overlap above window" and i + 2 < count:
-            why, value, m = check_pair(i, i + 2, frames, features, opts)
+        elif why == "overlap above window" and value > opts.high and i + 2 < count:  # strictly, as MIMIC
+            why, value, m = check(i, i + 2)
             if not why:
                 kept.append((i, i + 2, value, m))
                 i += 1
