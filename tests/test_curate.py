@@ -131,10 +131,9 @@ def test_bad_inputs_are_counted_not_fatal(video, tmp_path):
     flat.mkdir()
     for i in range(8):  # textureless frames: no keypoints
         cv2.imwrite(str(flat / f"frame_{i:04d}.png"), np.full((64, 64, 3), 128, np.uint8))
-    summary = curate([str(empty), str(broken), str(flat), str(tmp_path / "missing.mp4"), str(path)],
-                     tmp_path / "out", workers=1, progress=False)
-    reasons = " ".join(summary["rejected"])
-    assert "unreadable source" in reasons and "too few keypoints" in reasons
+    summary = curate([str(empty), str(broken), str(flat), str(path)], tmp_path / "out", workers=1, progress=False)
+    assert "too few keypoints" in " ".join(summary["rejected"])
+    assert summary["failed"] == [str(empty), str(broken)]  # reported, not recorded: the next run tries them again
     assert summary["pairs"] >= 2
     assert not list((tmp_path / "out").rglob("*.tmp"))
 

@@ -80,3 +80,48 @@ def test_the_arkitscenes_retry_needs_an_overlap_strictly_above_the_window():
     kept = accepted_with_retry(4, check, opts, rejected)
     assert tested == [(0, 1), (1, 2), (1, 3)]  # no (0, 2): 0.75 is not above the window
     assert [(a, b) for a, b, *_ in kept] == [(1, 3)] and rejected["overlap above window"] == 1
+
+
+def _tiny_video(path, frames=4, shift=0):
+    from skimage import data
+
+    photo = cv2.resize(data.astronaut(), (448, 448))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 1.0, (224, 224))
+    for k in range(frames):
+        x = 40 * k + shift
+        writer.write(cv2.cvtColor(np.ascontiguousarray(photo[100:324, x:x + 224]), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_a_rerun_with_other_options_or_a_changed_source_is_redone(tmp_path):
+    from mimzoo.curate import curate
+
+    video = _tiny_video(tmp_path / "pan.avi")
+    wide = curate([str(video)], tmp_path / "out", workers=1, progress=False, options=Options(low=0.0, high=1.0))
+    narrow = curate([str(video)], tmp_path / "out", workers=1, progress=False, options=Options(low=0.99, high=1.0))
+    assert wide["pairs"] > 0 and narrow["pairs"] == 0  # the first run's pairs are not handed back
+    _tiny_video(video, frames=6)  # the file was replaced (e.g. a longer copy finished)
+    again = curate([str(video)], tmp_path / "out", workers=1, progress=False, options=Options(low=0.0, high=1.0))
+    assert again["candidates"] == 5 and wide["candidates"] == 3
+
+
+def test_a_half_copied_video_is_retried_and_a_missing_input_is_an_error(tmp_path, capsys):
+    from mimzoo.cli import main as cli
+    from mimzoo.curate import curate
+    from mimzoo.errors import NotFoundError
+
+    good = _tiny_video(tmp_path / "full.avi")
+    video = tmp_path / "copy.avi"
+    video.write_bytes(good.read_bytes()[:1500])  # still being copied
+    first = curate([str(video)], tmp_path / "out", workers=1, progress=False, options=Options(low=0.0, high=1.0))
+    assert first["failed"] == [str(video)] and first["pairs"] == 0
+    video.write_bytes(good.read_bytes())  # the copy finished
+    second = curate([str(video)], tmp_path / "out", workers=1, progress=False, options=Options(low=0.0, high=1.0))
+    assert second["failed"] == [] and second["pairs"] > 0
+    with pytest.raises(NotFoundError, match="do not exist"):
+        curate([str(tmp_path / "missing.mp4")], tmp_path / "out2", workers=1, progress=False)
+    assert not (tmp_path / "out2").exists()
+    assert cli(["curate", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out3"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "do not exist" in err and "Traceback" not in err

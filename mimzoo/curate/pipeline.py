@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..checkpoint import atomic_path
 from ..data.shards import write_pair_shard
-from ..errors import ConfigError
+from ..errors import ConfigError, NotFoundError
 from .frames import (
     VIDEO_EXTENSIONS,
     folder_frames,
@@ -32,6 +33,8 @@ from .frames import (
     video_pairs,
 )
 from .matching import match, overlap, sift
+
+log = logging.getLogger("mimzoo")
 
 
 @dataclass
@@ -177,17 +180,38 @@ def process(source: str, out: str, opts: Options) -> dict:
             records.append(record)
             samples.append((f"{source_id(source)}-{ia:07d}-{ib:07d}", img_a, img_b, record))
     except ValueError as e:
-        rejected[f"unreadable source: {e}"] += 1
+        # not recorded as done: a file still being copied, or replaced by a good one, is tried again next run
+        return {"source": source, "id": source_id(source), "failed": f"unreadable source: {e}"}
     sid = source_id(source)
     shards = Path(out) / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     if samples:
         write_pair_shard(shards / f"{sid}.tar", samples)
     result = {"source": source, "id": sid, "shard": f"shards/{sid}.tar" if samples else None,
-              "candidates": len(records) + sum(rejected.values()), "pairs": records, "rejected": dict(rejected)}
+              "candidates": len(records) + sum(rejected.values()), "pairs": records, "rejected": dict(rejected),
+              "made_by": made_by(source, opts)}
     with atomic_path(Path(out) / "sources" / f"{sid}.json") as tmp:
         tmp.write_text(json.dumps(result))
     return result
+
+
+def fingerprint(source: str) -> dict:
+    """What the source was when it was curated: a file's size and mtime, a folder's files' names, sizes and
+    mtimes (as one digest)."""
+    p = Path(source)
+    if p.is_file():
+        st = p.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"files": h.hexdigest()}
+
+
+def made_by(source: str, opts: Options) -> dict:
+    """What a source record was made from: the options and the source's fingerprint (checked on every rerun)."""
+    return {"options": asdict(opts), "source": fingerprint(source)}
 
 
 def check_pair(a: int, b: int, frames: dict, features: dict, opts: Options) -> tuple[str, float, object]:
@@ -254,10 +278,23 @@ def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None
     `ray_address` (default: $RAY_ADDRESS, or a local Ray started here); `out` must then be a folder every node
     can write. Both write the same files, atomically per source, so either can resume the other's run."""
     out, opts = Path(out), options or Options()
-    out.mkdir(parents=True, exist_ok=True)
     sources = expand(inputs, opts.multiview)
-    done = {p.stem for p in (out / "sources").glob("*.json")} if (out / "sources").is_dir() else set()
-    todo = [s for s in sources if source_id(s) not in done]
+    missing = [s for s in sources if not Path(s).exists()]
+    if missing:
+        raise NotFoundError(f"{len(missing)} input(s) do not exist: {', '.join(missing[:5])}"
+                            f"{' ...' if len(missing) > 5 else ''}; nothing was curated")
+    out.mkdir(parents=True, exist_ok=True)
+    todo, stale = [], 0
+    for s in sources:
+        record = out / "sources" / f"{source_id(s)}.json"
+        if not record.is_file():
+            todo.append(s)
+        elif json.loads(record.read_text()).get("made_by") != made_by(s, opts):
+            todo.append(s)  # made with other options, from another version of the file, or by an older mimzoo
+            stale += 1
+    if stale:
+        log.info(f"curate: {stale} source(s) in {out} were curated with other options or have changed since; "
+                 f"curating them again")
     workers = workers if workers is not None else min(len(todo), os.cpu_count() or 1)
     bar = None
     if progress:
@@ -268,12 +305,12 @@ def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None
         _run_ray(todo, str(out), opts, workers, ray_address, bar)
     elif workers <= 1:
         for s in todo:
-            process(s, str(out), opts)
+            report_failure(process(s, str(out), opts))
             bar and bar.update()
     else:
         with ProcessPoolExecutor(workers) as pool:
             for f in as_completed([pool.submit(process, s, str(out), opts) for s in todo]):
-                f.result()
+                report_failure(f.result())
                 bar and bar.update()
     bar and bar.close()
     return finish(out, sources)
@@ -293,15 +330,23 @@ def _run_ray(todo: list[str], out: str, opts: Options, workers: int, address: st
         pending = [task.remote(s, out, opts) for s in todo]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)
+            for result in ray.get(done):
+                report_failure(result)
             bar and bar.update()
     finally:
         if started:
             ray.shutdown()
 
 
+def report_failure(result: dict) -> None:
+    if "failed" in result:
+        log.warning(f"curate: {result['source']}: {result['failed']}; not recorded, so the next run tries it again")
+
+
 def finish(out: Path, sources: list[str]) -> dict:
-    results = [json.loads((out / "sources" / f"{source_id(s)}.json").read_text()) for s in sources]
+    records = [out / "sources" / f"{source_id(s)}.json" for s in sources]
+    results = [json.loads(r.read_text()) for r in records if r.is_file()]
+    failed = [s for s, r in zip(sources, records) if not r.is_file()]
     with atomic_path(out / "pairs.jsonl") as tmp:
         with open(tmp, "w") as f:
             for r in results:
@@ -313,7 +358,7 @@ def finish(out: Path, sources: list[str]) -> dict:
         rejected.update(r["rejected"])
     summary = {"sources": len(results), "candidates": sum(r["candidates"] for r in results),
                "pairs": len(overlaps), "pairs_per_source": {r["source"]: len(r["pairs"]) for r in results},
-               "rejected": dict(rejected),
+               "rejected": dict(rejected), "failed": failed,
                "overlap_histogram": np.histogram(overlaps, bins=10, range=(0, 1))[0].tolist()}
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
