@@ -239,14 +239,21 @@ def lightning_cli(argv: list[str]):
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
+    # checkpoints are written beside their target and renamed (mimzoo.training.AtomicCheckpointIO)
+    defaults = {"plugins": [{"class_path": "mimzoo.training.AtomicCheckpointIO"}]}
     return LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                        args=argv, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+                        args=argv, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+                        trainer_defaults=defaults)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in LIGHTNING:
-        lightning_cli(argv)
+        try:
+            lightning_cli(argv)
+        except Error as e:  # a missing or empty data folder, a bad weights file, ...: one line, no traceback
+            print(f"mimzoo {argv[0]}: error: {e}", file=sys.stderr)
+            return 2
         return 0
     args = zoo_parser().parse_args(argv)
     try:

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
 
+from ..errors import ConfigError
 from .folder import ImageFolderDataset, collate_images, list_images
 from .sample import sample_folder
 from .shards import is_shards, shard_loader
@@ -76,6 +77,10 @@ class BaseDataModule(L.LightningDataModule):
     def resumable_loader(self, dataset) -> ResumableLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         sampler = EpochShuffle(len(dataset), self.hparams.seed, rank, world)
+        if len(dataset) // world < self.batch_size:  # drop_last would leave no batch: training would do nothing
+            raise ConfigError(f"the training set has {len(dataset)} images ({len(dataset) // world} per process), "
+                              f"fewer than batch_size={self.batch_size}; lower --data.init_args.batch_size or add "
+                              f"images (or repeats)")
         self._train_loader = ResumableLoader(dataset, sampler, self.batch_size, drop_last=True,
                                              **self.loader_kwargs())
         if self._pending_loader_state:
