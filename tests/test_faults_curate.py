@@ -125,3 +125,60 @@ def test_a_half_copied_video_is_retried_and_a_missing_input_is_an_error(tmp_path
     assert cli(["curate", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out3"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "do not exist" in err and "Traceback" not in err
+
+
+def _children(pid: int) -> set[int]:
+    from pathlib import Path
+
+    out = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            out.add(int(status.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_curate_processes_stop_with_the_run(tmp_path, sig):
+    """kill -9 of the parent takes its pool workers with it; Ctrl-C cancels what is queued and ends with one line,
+    no traceback, keeping what was finished for the rerun."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    videos = [str(_tiny_video(tmp_path / f"v{i}.avi", frames=6, shift=i)) for i in range(8)]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "mimzoo.cli", "curate", *videos, "--out", str(out), "--workers", "2", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    workers = set()
+    while time.time() < deadline and len(workers) < 2:
+        workers = _children(proc.pid)
+        time.sleep(0.05)
+    assert len(workers) >= 2, "the pool never started"
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "pool workers outlived the run"
+    if sig == "SIGINT":
+        assert proc.returncode == 2 and "interrupted after" in err and "Traceback" not in err, err[-2000:]
+        from mimzoo.curate import curate
+
+        assert curate(videos, out, workers=1, progress=False)["sources"] == 8

@@ -12,8 +12,10 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from ..checkpoint import atomic_path
 from ..data.shards import write_pair_shard
-from ..errors import ConfigError, NotFoundError
+from ..errors import ConfigError, Error, NotFoundError
 from .frames import (
     VIDEO_EXTENSIONS,
     folder_frames,
@@ -308,12 +310,55 @@ def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None
             report_failure(process(s, str(out), opts))
             bar and bar.update()
     else:
-        with ProcessPoolExecutor(workers) as pool:
-            for f in as_completed([pool.submit(process, s, str(out), opts) for s in todo]):
-                report_failure(f.result())
-                bar and bar.update()
+        run_pool(todo, str(out), opts, workers, bar)
     bar and bar.close()
     return finish(out, sources)
+
+
+class Interrupted(Error):
+    """Curation stopped by Ctrl-C or SIGTERM; every finished source is kept and a rerun continues."""
+
+
+def run_pool(todo: list[str], out: str, opts: Options, workers: int, bar) -> None:
+    """At most 2 x workers sources in flight; on Ctrl-C / SIGTERM the queued ones are cancelled, the pool stops and
+    `Interrupted` says how far it got. Workers exit with their parent (`_die_with_parent`), kill -9 included."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
+    pool = ProcessPoolExecutor(workers, initializer=_die_with_parent)
+    pending, queue, done = set(), list(todo), 0
+    try:
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:
+                pending.add(pool.submit(process, queue.pop(0), out, opts))
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                report_failure(f.result())
+                done += 1
+                bar and bar.update()
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise Interrupted(f"interrupted after {done} of {len(todo)} sources; the finished ones are kept in {out}: "
+                          f"run the same command again to curate the rest") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _die_with_parent() -> None:
+    """Pool initializer: the worker gets SIGKILL when its parent dies (Linux prctl PR_SET_PDEATHSIG), and ignores
+    Ctrl-C, which the parent handles."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: workers end when their queue closes
+        pass
 
 
 def _run_ray(todo: list[str], out: str, opts: Options, workers: int, address: str | None, bar) -> None:
