@@ -32,14 +32,19 @@ def resize(frame_rgb: np.ndarray, crop_bottom: float = 0.0) -> np.ndarray:
     return cv2.resize(frame_rgb, (SIZE, SIZE))
 
 
-def video_duration(path: str | Path) -> float:
-    """Seconds, from the container's frame count and rate (0 when it reports neither)."""
+def video_seconds(path: str | Path) -> int:
+    """MIMIC's whole seconds of a video, `int(frame count // fps)` from the container (0 when it reports no rate):
+    its Mannequin and ArkitScenes scripts skip a video with fewer than 3 / 5 of them."""
+    fps, count = _header(path)
+    return int(count // fps) if fps > 0 else 0
+
+
+def _header(path: str | Path) -> tuple[float, float]:
     cap = cv2.VideoCapture(str(path))
     try:
-        fps, count = cap.get(cv2.CAP_PROP_FPS) or 0.0, cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0
+        return cap.get(cv2.CAP_PROP_FPS) or 0.0, cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0
     finally:
         cap.release()
-    return count / fps if fps > 0 else 0.0
 
 
 def video_frames(path: str | Path, gap: float = 1.0, crop_bottom: float = 0.0) -> list[Frame]:

@@ -8,14 +8,20 @@ overlap histogram are rebuilt from the source records at the end.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,9 +36,9 @@ from .frames import (
     folder_frames,
     folder_groups,
     read_frame,
-    video_duration,
     video_frames,
     video_pairs,
+    video_seconds,
 )
 from .matching import match, overlap, sift
 
@@ -90,11 +96,16 @@ def video_rotation(source: str, table: str | None) -> str | None:
     `json.dump(numpy.load(path, allow_pickle=True).item(), f)` (only for a file you trust)."""
     if table is None:
         return "w"
-    entries = json.loads(Path(table).read_text())
+    entries = _rotation_table(str(table), Path(table).stat().st_mtime_ns)
     code = entries.get(Path(source).stem)
     if code is not None and code not in ROTATIONS:
         raise ConfigError(f"{table}: rotation {code!r} for {Path(source).stem}; expected one of w, a, z, s")
     return code
+
+
+@functools.lru_cache(maxsize=4)
+def _rotation_table(path: str, mtime_ns: int) -> dict:
+    return json.loads(Path(path).read_text())
 
 
 def rotate(image: np.ndarray, code: str) -> np.ndarray:
@@ -134,6 +145,7 @@ def process(source: str, out: str, opts: Options) -> dict:
     """One source: frames, SIFT once per frame, every candidate pair tested; writes the shard, then the record."""
     rejected, records, samples = Counter(), [], []
     try:
+        made = made_by(source, opts)  # what is read below: a file that changes meanwhile is redone
         if opts.multiview:
             from .multiview import process_sample
 
@@ -162,7 +174,7 @@ def process(source: str, out: str, opts: Options) -> dict:
             groups, frames = [], {}
             if rotation is None:
                 rejected["not in the rotation table"] += 1
-            elif opts.min_duration and video_duration(source) < opts.min_duration:
+            elif opts.min_duration and video_seconds(source) < opts.min_duration:  # MIMIC: whole seconds
                 rejected[f"video shorter than {opts.min_duration:g} s"] += 1
             else:
                 decoded = video_frames(source, opts.gap, opts.crop_bottom)
@@ -182,16 +194,21 @@ def process(source: str, out: str, opts: Options) -> dict:
             records.append(record)
             samples.append((f"{source_id(source)}-{ia:07d}-{ib:07d}", img_a, img_b, record))
     except ValueError as e:
-        # not recorded as done: a file still being copied, or replaced by a good one, is tried again next run
+        # not recorded as done: a file still being copied, or replaced by a good one, is tried again next run; a
+        # record of an earlier version of the source no longer holds either
+        (Path(out) / "sources" / f"{source_id(source)}.json").unlink(missing_ok=True)
+        (Path(out) / "shards" / f"{source_id(source)}.tar").unlink(missing_ok=True)
         return {"source": source, "id": source_id(source), "failed": f"unreadable source: {e}"}
     sid = source_id(source)
     shards = Path(out) / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     if samples:
         write_pair_shard(shards / f"{sid}.tar", samples)
+    else:  # a shard of an earlier run (other options, an older version of the source) would still be read
+        (shards / f"{sid}.tar").unlink(missing_ok=True)
     result = {"source": source, "id": sid, "shard": f"shards/{sid}.tar" if samples else None,
               "candidates": len(records) + sum(rejected.values()), "pairs": records, "rejected": dict(rejected),
-              "made_by": made_by(source, opts)}
+              "made_by": made}
     with atomic_path(Path(out) / "sources" / f"{sid}.json") as tmp:
         tmp.write_text(json.dumps(result))
     return result
@@ -211,9 +228,16 @@ def fingerprint(source: str) -> dict:
     return {"files": h.hexdigest()}
 
 
+RECORD_VERSION = 2  # records of other versions (another overlap estimator) are curated again
+
+
 def made_by(source: str, opts: Options) -> dict:
-    """What a source record was made from: the options and the source's fingerprint (checked on every rerun)."""
-    return {"options": asdict(opts), "source": fingerprint(source)}
+    """What a source record was made from, checked on every rerun: the options, the source's fingerprint and, with
+    a rotation table, the video's entry in it (an edited table redoes only the videos whose entry changed)."""
+    made = {"version": RECORD_VERSION, "options": asdict(opts), "source": fingerprint(source)}
+    if opts.rotations is not None and not opts.multiview and Path(source).is_file():
+        made["rotation"] = video_rotation(source, opts.rotations)
+    return made
 
 
 def check_pair(a: int, b: int, frames: dict, features: dict, opts: Options) -> tuple[str, float, object]:
@@ -278,7 +302,10 @@ def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None
 
     engine="local": a process pool on this machine. engine="ray": one Ray task per source on the cluster at
     `ray_address` (default: $RAY_ADDRESS, or a local Ray started here); `out` must then be a folder every node
-    can write. Both write the same files, atomically per source, so either can resume the other's run."""
+    can write. Both write the same files, atomically per source, so either can resume the other's run.
+
+    Ctrl-C or SIGTERM stops the run at once and raises `Interrupted` (one line from the CLI): the sources already
+    finished keep their records, the ones in progress or queued are left for the next run of the same command."""
     out, opts = Path(out), options or Options()
     sources = expand(inputs, opts.multiview)
     missing = [s for s in sources if not Path(s).exists()]
@@ -286,82 +313,192 @@ def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None
         raise NotFoundError(f"{len(missing)} input(s) do not exist: {', '.join(missing[:5])}"
                             f"{' ...' if len(missing) > 5 else ''}; nothing was curated")
     out.mkdir(parents=True, exist_ok=True)
-    todo, stale = [], 0
+    remove_leftovers(out)
+    todo, redo = [], {}
     for s in sources:
-        record = out / "sources" / f"{source_id(s)}.json"
-        if not record.is_file():
+        why = record_state(out / "sources" / f"{source_id(s)}.json", s, opts)
+        if why is not None:
             todo.append(s)
-        elif json.loads(record.read_text()).get("made_by") != made_by(s, opts):
-            todo.append(s)  # made with other options, from another version of the file, or by an older mimzoo
-            stale += 1
-    if stale:
-        log.info(f"curate: {stale} source(s) in {out} were curated with other options or have changed since; "
-                 f"curating them again")
+            if why != "new":
+                redo.setdefault(why, []).append(s)
+    for why, redone in redo.items():
+        log.warning(f"curate: {len(redone)} source(s) in {out} {why}; curating them again")
     workers = workers if workers is not None else min(len(todo), os.cpu_count() or 1)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(sources), initial=len(sources) - len(todo), desc="curate", unit="source")
-    if engine == "ray":
-        _run_ray(todo, str(out), opts, workers, ray_address, bar)
-    elif workers <= 1:
-        for s in todo:
-            report_failure(process(s, str(out), opts))
-            bar and bar.update()
-    else:
-        run_pool(todo, str(out), opts, workers, bar)
-    bar and bar.close()
+    finished = []
+
+    def advance(result: dict) -> None:
+        report_failure(result)
+        finished.append(result)
+        bar and bar.update()
+
+    try:
+        with _sigterm_unwinds():
+            if engine == "ray":
+                _run_ray(todo, str(out), opts, workers, ray_address, advance)
+            elif workers <= 1:
+                for s in todo:
+                    advance(process(s, str(out), opts))
+            else:
+                run_pool(todo, str(out), opts, workers, advance)
+    except (KeyboardInterrupt, _Terminated, BrokenProcessPool) as e:
+        done = len(sources) - len(todo) + sum("failed" not in r for r in finished)
+        why = {KeyboardInterrupt: "by Ctrl-C", _Terminated: "by SIGTERM"}.get(type(e), "because a worker process "
+                                                                            "died (killed, or out of memory?)")
+        raise Interrupted(f"interrupted {why} with {done} of {len(sources)} sources done; they are kept in {out}: "
+                          f"run the same command again to curate the rest") from None
+    finally:
+        bar and bar.close()
     return finish(out, sources)
 
 
-class Interrupted(Error):
-    """Curation stopped by Ctrl-C or SIGTERM; every finished source is kept and a rerun continues."""
+def remove_leftovers(out: Path) -> None:
+    """Temporary files of a run that was killed with -9 (it cannot clean up): one run per output folder at a time,
+    so none of them is still being written."""
+    left = [p for d in ("sources", "shards") for p in (out / d).glob(".*.tmp")]
+    for p in left:
+        p.unlink(missing_ok=True)
+    if left:
+        log.info(f"curate: removed {len(left)} temporary file(s) of an earlier run that was killed")
 
 
-def run_pool(todo: list[str], out: str, opts: Options, workers: int, bar) -> None:
-    """At most 2 x workers sources in flight; on Ctrl-C / SIGTERM the queued ones are cancelled, the pool stops and
-    `Interrupted` says how far it got. Workers exit with their parent (`_die_with_parent`), kill -9 included."""
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
-    pool = ProcessPoolExecutor(workers, initializer=_die_with_parent)
-    pending, queue, done = set(), list(todo), 0
+def record_state(record: Path, source: str, opts: Options) -> str | None:
+    """None when the source's record is valid for these options and this version of the source; else why not."""
+    if not record.is_file():
+        return "new"
     try:
-        while queue or pending:
-            while queue and len(pending) < 2 * workers:
-                pending.add(pool.submit(process, queue.pop(0), out, opts))
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                report_failure(f.result())
-                done += 1
-                bar and bar.update()
-    except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise Interrupted(f"interrupted after {done} of {len(todo)} sources; the finished ones are kept in {out}: "
-                          f"run the same command again to curate the rest") from None
+        made = json.loads(record.read_text()).get("made_by")
+    except (OSError, ValueError):
+        return "have a damaged record"
+    now = made_by(source, opts)
+    if not isinstance(made, dict) or made.get("version") != now["version"]:
+        return "were curated by an older mimzoo"
+    if made.get("options") != now["options"]:
+        old = made.get("options") or {}
+        changed = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in now["options"].items() if old.get(k) != v)
+        return f"were curated with other options ({changed})"
+    if made != now:
+        return "have changed since they were curated"
+    return None
+
+
+class Interrupted(Error, RuntimeError):
+    """Curation stopped before its end (Ctrl-C, SIGTERM, a worker that died); every finished source is kept and the
+    same command continues from there."""
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the parent's main thread so that the run unwinds as after Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
+@contextmanager
+def _sigterm_unwinds():
+    """Within: SIGTERM raises `_Terminated` (the main thread only: elsewhere Python cannot set a handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def run_pool(todo: list[str], out: str, opts: Options, workers: int, advance) -> None:
+    """The sources on a process pool, at most 2 x workers in flight (a million sources are not a million queued
+    tasks). Any exception here (Ctrl-C, SIGTERM, a dead worker, an error in a source) cancels what is queued and ends
+    the workers before it propagates: a worker in the middle of a source removes its temporary files and exits,
+    and that source, having no record, is curated by the next run."""
+    import multiprocessing
 
-
-def _die_with_parent() -> None:
-    """Pool initializer: the worker gets SIGKILL when its parent dies (Linux prctl PR_SET_PDEATHSIG), and ignores
-    Ctrl-C, which the parent handles."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    direct = multiprocessing.get_start_method() != "forkserver"  # the workers' parent is this process
+    pool = ProcessPoolExecutor(workers, initializer=worker_init, initargs=(os.getpid(), direct))
+    queue, pending, pids = iter(todo), set(), set()
     try:
-        import ctypes
+        while True:
+            for s in itertools.islice(queue, 2 * workers - len(pending)):
+                pending.add(pool.submit(run_source, s, out, opts))
+            pids.update(getattr(pool, "_processes", None) or ())  # {pid: process} of CPython's executor
+            if not pending:
+                break
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                advance(f.result())
+    except BaseException:
+        for pid in pids:  # SIGTERM: see worker_init; the pool then finds them gone and shuts down
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: workers end when their queue closes
-        pass
+
+# -- pool workers: they stop with the run ---------------------------------------------------------------------------
+_in_source = [False]  # in a worker: True while it curates a source
 
 
-def _run_ray(todo: list[str], out: str, opts: Options, workers: int, address: str | None, bar) -> None:
+class _Stop(BaseException):
+    """Raised in a worker by SIGTERM while it curates a source: the source's `finally` blocks remove its
+    temporary files on the way out."""
+
+
+def worker_init(parent: int, direct: bool = True) -> None:
+    """Pool initializer (importable, so any start method can run it): Ctrl-C is ignored (it reaches the whole
+    process group, and the parent decides); SIGTERM ends the worker (unwinding a source in progress); on Linux the
+    kernel sends SIGTERM when the parent dies (PR_SET_PDEATHSIG, so kill -9 of the run ends its workers), and a
+    watchdog thread does the same anywhere, polling the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)  # also replaces a handler inherited through fork
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    ppid = os.getppid()
+    if direct and ppid != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(ppid,), daemon=True, name="mimzoo-watch-parent").start()
+
+
+def _watch_parent(ppid: int) -> None:
+    while os.getppid() == ppid:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(10)  # a source that does not unwind in 10 s
+    os._exit(1)
+
+
+def _worker_sigterm(signum, frame):
+    if _in_source[0]:
+        raise _Stop
+    os._exit(128 + signum)
+
+
+def run_source(source: str, out: str, opts: Options) -> dict:
+    """`process` in a pool worker, ended cleanly by SIGTERM (see worker_init)."""
+    try:
+        _in_source[0] = True
+        try:
+            return process(source, out, opts)
+        finally:
+            _in_source[0] = False
+    except _Stop:
+        os._exit(128 + signal.SIGTERM)
+
+
+def _run_ray(todo: list[str], out: str, opts: Options, workers: int, address: str | None, advance) -> None:
     try:
         import ray
     except ImportError as e:
@@ -370,14 +507,22 @@ def _run_ray(todo: list[str], out: str, opts: Options, workers: int, address: st
     if started:
         ray.init(address=address, num_cpus=None if address else max(1, workers), include_dashboard=False,
                  log_to_driver=False)
+    pending = []
     try:
         task = ray.remote(num_cpus=1)(process)
-        pending = [task.remote(s, out, opts) for s in todo]
-        while pending:
+        limit = 2 * max(1, workers, int(ray.cluster_resources().get("CPU", 1)))  # bounded, as the local pool
+        queue = iter(todo)
+        while True:
+            pending += [task.remote(s, out, opts) for s in itertools.islice(queue, limit - len(pending))]
+            if not pending:
+                break
             done, pending = ray.wait(pending, num_returns=1)
             for result in ray.get(done):
-                report_failure(result)
-            bar and bar.update()
+                advance(result)
+    except BaseException:
+        for ref in pending:  # queued and running tasks; a cancelled source has no record, the next run does it
+            ray.cancel(ref, force=True)
+        raise
     finally:
         if started:
             ray.shutdown()
