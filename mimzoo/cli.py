@@ -236,31 +236,96 @@ def zoo_parser() -> argparse.ArgumentParser:
 
 
 def lightning_cli(argv: list[str]):
+    import warnings
+
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
+    check_config_files(argv)
     # checkpoints are written beside their target and renamed (mimzoo.training.AtomicCheckpointIO)
     defaults = {"plugins": [{"class_path": "mimzoo.training.AtomicCheckpointIO"}]}
-    return LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                        args=argv, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-                        trainer_defaults=defaults)
+    with warnings.catch_warnings():  # argv is sys.argv here, passed on, not a second set of arguments
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                            args=argv, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+                            trainer_defaults=defaults, parser_kwargs={"exit_on_error": False})
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Each `-c/--config FILE` exists and is YAML, else a ConfigError naming the file, line and column (the
+    parser's own message names neither the file nor, for a missing one, the fix)."""
+    import yaml
+
+    files = [argv[k + 1] for k, a in enumerate(argv[:-1]) if a in ("-c", "--config")]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for f in files:
+        try:
+            with open(f) as stream:
+                yaml.safe_load(stream)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {f} does not exist (the recipes are in recipes/, e.g. "
+                              f"recipes/quickstart/mae_tiny.yaml)") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ConfigError(f"{f} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+def parser_error_line(message: str) -> str:
+    """jsonargparse's multi-line message as one line: the key, the class and what is wrong, with the closest
+    accepted option for a misspelt one."""
+    import difflib
+    import importlib
+    import inspect
+    import re
+
+    lines = [ln.strip(" -") for ln in message.splitlines()]
+    keep = [ln for ln in lines if ln and not ln.startswith(("Subtypes:", "Errors:", "Given value", "Expected a <class "
+                                                            "'NoneType'>", "Does not validate against any"))]
+    text = " ".join(keep)
+    option, cls = re.search(r"Option '([^']+)' is not accepted", text), re.search(r"class_path '([\w.]+)'", text)
+    if option and cls:
+        try:
+            module, _, name = cls.group(1).rpartition(".")
+            params = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+            close = difflib.get_close_matches(option.group(1), params, n=1)
+            text += f" (did you mean {close[0]!r}?)" if close else f" (it takes: {', '.join(params)})"
+        except (ImportError, AttributeError, ValueError, TypeError):
+            pass
+    return text
+
+
+def environment_error_line(e: OSError) -> str | None:
+    """A folder that cannot be written (read-only, full, no permission) as one line naming the file and the fix;
+    None for any other OSError (a bug shows its traceback)."""
+    import errno
+
+    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT) or not e.filename:
+        return None
+    return (f"cannot write {e.filename}: {e.strerror}; point the run at a writable folder "
+            f"(--trainer.default_root_dir, MIMZOO_CACHE for downloads and sample data, --out / --cache)")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in LIGHTNING:
-        try:
-            lightning_cli(argv)
-        except Error as e:  # a missing or empty data folder, a bad weights file, ...: one line, no traceback
-            print(f"mimzoo {argv[0]}: error: {e}", file=sys.stderr)
-            return 2
-        return 0
-    args = zoo_parser().parse_args(argv)
+    command = argv[0] if argv and argv[0] in LIGHTNING else None
     try:
+        if command:
+            lightning_cli(argv)
+            return 0
+        args = zoo_parser().parse_args(argv)
+        command = args.command
         return args.func(args)
-    except Error as e:  # a user's mistake or a failed download: one line, no traceback
-        print(f"mimzoo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except Error as e:  # a missing or empty data folder, a bad weights file, a failed download: one line
+        message = str(e)
+    except argparse.ArgumentError as e:  # a misspelt option or a wrong value in a config
+        message = f"{parser_error_line(str(e))} (mimzoo {command} --help lists the options)"
+    except OSError as e:
+        message = environment_error_line(e)
+        if message is None:
+            raise
+    print(f"mimzoo {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -390,7 +390,7 @@ def test_downstream_recipe_runs_end_to_end(recipe, tree, monitor, request, parit
          "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
          "--trainer.log_every_n_steps", "1",
          "--trainer.default_root_dir", str(run),
-         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run),
+         "--trainer.logger", "mimzoo.training.CSVLogger", "--trainer.logger.save_dir", str(run),
          "--model.init_args.weights", str(parity_dir / "mae_pretrain" / "checkpoint_released_encoder.pth"),
          "--model.init_args.hooks", "null", "--model.init_args.image_size", "32",
          "--model.init_args.picture_every_n_epochs", "1", "--data.init_args.root", str(root),
