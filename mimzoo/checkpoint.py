@@ -137,6 +137,15 @@ def atomic_path(dst: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_leftovers(folder: str | os.PathLike, names: str = "*") -> list[Path]:
+    """Remove the temporary files `atomic_path` leaves in `folder` for targets matching `names` when its process is
+    killed with -9 (nothing else can clean up); only safe when no other process is writing there. Returns them."""
+    left = list(Path(folder).glob(f".{names}.*.tmp"))
+    for p in left:
+        p.unlink(missing_ok=True)
+    return left
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where /proc allows (os.umask must set it to read it)."""
     try:

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from .errors import ConfigError, Error
+from .errors import UNWRITABLE, ConfigError, Error
 
 LIGHTNING = ("fit", "validate", "test", "predict")
 
@@ -298,9 +298,7 @@ def parser_error_line(message: str) -> str:
 def environment_error_line(e: OSError) -> str | None:
     """A folder that cannot be written (read-only, full, no permission) as one line naming the file and the fix;
     None for any other OSError (a bug shows its traceback)."""
-    import errno
-
-    if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT) or not e.filename:
+    if e.errno not in UNWRITABLE or not e.filename:
         return None
     return (f"cannot write {e.filename}: {e.strerror}; point the run at a writable folder "
             f"(--trainer.default_root_dir, MIMZOO_CACHE for downloads and sample data, --out / --cache)")

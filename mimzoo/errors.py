@@ -4,6 +4,11 @@ from the builtin it refines (ValueError, FileNotFoundError, KeyError, RuntimeErr
 written against earlier versions keeps working."""
 from __future__ import annotations
 
+import errno
+
+# errno values of a folder that cannot be written (read-only, full, over quota, no permission): the user's to fix
+UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
 
 class Error(Exception):
     """Base of every mimzoo error: the message names the problem and the fix."""

@@ -4,7 +4,6 @@ the final model, and a metrics log that a resumed run continues instead of repla
 from __future__ import annotations
 
 import csv
-import errno
 import logging
 import os
 import pickle
@@ -18,8 +17,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from .checkpoint import atomic_path
-from .errors import Error, NotFoundError
+from .checkpoint import atomic_path, remove_leftovers
+from .errors import UNWRITABLE, Error, NotFoundError
 
 log = logging.getLogger(__name__)
 UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError)  # what a cut file raises
@@ -40,15 +39,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        for left in Path(path).parent.glob(".*.ckpt.*.tmp"):  # of a save killed with -9 (saves are one at a time)
-            left.unlink(missing_ok=True)
+        remove_leftovers(Path(path).parent, "*.ckpt")  # of a save killed with -9 (saves are one at a time)
         writes = _WriteErrors()
         try:
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
                 torch.save(checkpoint, writes.wrap(f))
         except (OSError, RuntimeError) as err:
             e = writes.error or err  # torch.save turns the OSError of a full disk into a RuntimeError
-            if getattr(e, "errno", None) not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            if getattr(e, "errno", None) not in UNWRITABLE:
                 raise
             raise CheckpointWriteError(f"cannot write checkpoint {path}: {e.strerror}; the previous file of that name "
                                        f"is kept whole (free space or point --trainer.default_root_dir elsewhere, "

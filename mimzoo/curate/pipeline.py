@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..checkpoint import atomic_path
+from ..checkpoint import atomic_path, remove_leftovers
 from ..data.shards import write_pair_shard
 from ..errors import ConfigError, Error, NotFoundError
 from .frames import (
@@ -144,6 +144,8 @@ def source_id(source: str) -> str:
 def process(source: str, out: str, opts: Options) -> dict:
     """One source: frames, SIFT once per frame, every candidate pair tested; writes the shard, then the record."""
     rejected, records, samples = Counter(), [], []
+    sid = source_id(source)
+    record_path, shard = Path(out) / "sources" / f"{sid}.json", Path(out) / "shards" / f"{sid}.tar"
     try:
         made = made_by(source, opts)  # what is read below: a file that changes meanwhile is redone
         if opts.multiview:
@@ -192,24 +194,22 @@ def process(source: str, out: str, opts: Options) -> dict:
                       "overlap": round(value, 6), "homography": m.homography.tolist(),
                       "num_matches": m.num_matches, "num_inliers": m.num_inliers}
             records.append(record)
-            samples.append((f"{source_id(source)}-{ia:07d}-{ib:07d}", img_a, img_b, record))
+            samples.append((f"{sid}-{ia:07d}-{ib:07d}", img_a, img_b, record))
     except ValueError as e:
         # not recorded as done: a file still being copied, or replaced by a good one, is tried again next run; a
         # record of an earlier version of the source no longer holds either
-        (Path(out) / "sources" / f"{source_id(source)}.json").unlink(missing_ok=True)
-        (Path(out) / "shards" / f"{source_id(source)}.tar").unlink(missing_ok=True)
-        return {"source": source, "id": source_id(source), "failed": f"unreadable source: {e}"}
-    sid = source_id(source)
-    shards = Path(out) / "shards"
-    shards.mkdir(parents=True, exist_ok=True)
+        record_path.unlink(missing_ok=True)
+        shard.unlink(missing_ok=True)
+        return {"source": source, "id": sid, "failed": f"unreadable source: {e}"}
+    shard.parent.mkdir(parents=True, exist_ok=True)
     if samples:
-        write_pair_shard(shards / f"{sid}.tar", samples)
+        write_pair_shard(shard, samples)
     else:  # a shard of an earlier run (other options, an older version of the source) would still be read
-        (shards / f"{sid}.tar").unlink(missing_ok=True)
+        shard.unlink(missing_ok=True)
     result = {"source": source, "id": sid, "shard": f"shards/{sid}.tar" if samples else None,
               "candidates": len(records) + sum(rejected.values()), "pairs": records, "rejected": dict(rejected),
               "made_by": made}
-    with atomic_path(Path(out) / "sources" / f"{sid}.json") as tmp:
+    with atomic_path(record_path) as tmp:
         tmp.write_text(json.dumps(result))
     return result
 
@@ -313,7 +313,9 @@ def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None
         raise NotFoundError(f"{len(missing)} input(s) do not exist: {', '.join(missing[:5])}"
                             f"{' ...' if len(missing) > 5 else ''}; nothing was curated")
     out.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)
+    left = [p for d in ("sources", "shards") for p in remove_leftovers(out / d)]  # one run per folder at a time
+    if left:
+        log.info(f"curate: removed {len(left)} temporary file(s) of an earlier run that was killed")
     todo, redo = [], {}
     for s in sources:
         why = record_state(out / "sources" / f"{source_id(s)}.json", s, opts)
@@ -354,16 +356,6 @@ def curate(inputs: list[str], out: str | os.PathLike, workers: int | None = None
     finally:
         bar and bar.close()
     return finish(out, sources)
-
-
-def remove_leftovers(out: Path) -> None:
-    """Temporary files of a run that was killed with -9 (it cannot clean up): one run per output folder at a time,
-    so none of them is still being written."""
-    left = [p for d in ("sources", "shards") for p in (out / d).glob(".*.tmp")]
-    for p in left:
-        p.unlink(missing_ok=True)
-    if left:
-        log.info(f"curate: removed {len(left)} temporary file(s) of an earlier run that was killed")
 
 
 def record_state(record: Path, source: str, opts: Options) -> str | None:
