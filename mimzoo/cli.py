@@ -115,7 +115,8 @@ def cmd_probe(args) -> int:
     common = {"pooling": pooling, "batch_size": args.batch_size, "workers": args.workers,
               "cache_dir": args.cache, "progress": not args.quiet}
     if args.kind == "knn":
-        result = probe.knn_probe(args.model, args.data, ks=args.k, temperature=args.temperature, **common)
+        result = probe.knn_probe(args.model, args.data, ks=args.k, temperature=args.temperature,
+                                 standardize=args.standardize, **common)
     elif args.kind == "linear" and args.grid:
         result = probe.linear_grid_probe(args.model, args.data, epochs=args.epochs or 50, seed=args.seed,
                                          probe_batch_size=args.probe_batch_size or 1024,
@@ -212,6 +213,9 @@ def zoo_parser() -> argparse.ArgumentParser:
     knn = pr.add_argument_group("knn")
     knn.add_argument("--k", type=int, nargs="+", default=[20, 200])
     knn.add_argument("--temperature", type=float, default=0.07)
+    knn.add_argument("--standardize", action="store_true",
+                     help="standardise each feature with the training split's mean and std before the cosine "
+                          "(MIM-Refiner's protocol: --k 10 --pooling cls_prenorm --standardize)")
     lin = pr.add_argument_group("linear")
     lin.add_argument("--grid", action="store_true",
                      help="MIM-Refiner's grid instead: SGD, 13 lrs x {cls, [cls, avg]} x {last, last 4 blocks}, "

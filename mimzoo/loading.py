@@ -44,6 +44,11 @@ class Converted:
     def part(self, name: str) -> dict[str, torch.Tensor]:
         return checkpoint.part(self.state_dict, name)
 
+    def backbone_state(self) -> dict[str, torch.Tensor]:
+        """The backbone's tensors: the part the config names as the evaluated encoder (`backbone_part`, e.g.
+        MIM-Refiner's EMA), else `backbone`."""
+        return self.part(self.config.get("backbone_part") or "backbone")
+
     def fact(self, name: str):
         """A value the file records (an upstream converter's field, or a mimzoo method's saved hyper-parameter);
         None when it says nothing."""
@@ -172,7 +177,7 @@ def build(config: dict, state_dict: dict[str, torch.Tensor] | None = None, *, wh
 
 def backbone(converted: Converted, **overrides) -> ViT:
     """The backbone a converted file holds, in eval mode (what `mimzoo.load(..., model="backbone")` returns)."""
-    return build(converted.config["backbone"], converted.part("backbone"),
+    return build(converted.config["backbone"], converted.backbone_state(),
                  what=converted.config.get("format", "checkpoint"), **overrides).eval()
 
 
@@ -209,7 +214,7 @@ def backbone_for(backbone: str | dict | None = None, backbone_kwargs: dict | Non
         said = ", ".join(f"{k}={v!r} (the file has {f!r})" for k, (v, f) in clash.items())
         raise ConfigError(f"{said} contradicts the architecture of {converted.source}: with weights the file "
                           f"decides the architecture; drop the argument or choose other weights")
-    return build(config, converted.part("backbone"), what=str(converted.source), **settable), converted
+    return build(config, converted.backbone_state(), what=str(converted.source), **settable), converted
 
 
 _absent = object()

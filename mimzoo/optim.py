@@ -82,8 +82,9 @@ def weight_decay_groups(module: nn.Module, weight_decay: float, skip: set[int] |
 
 
 def layer_id(name: str, num_layers: int) -> int:
-    """BEiT/MAE layer index: embeddings 0, block i -> i + 1, everything after the blocks num_layers."""
-    if name in ("cls_token", "pos_embed", "reg_token") or name.startswith("patch_embed"):
+    """BEiT/MAE layer index: embeddings 0 (with data2vec 2.0's embedding LayerNorm `norm_pre`, as MIM-Refiner's
+    stem), block i -> i + 1, everything after the blocks num_layers."""
+    if name in ("cls_token", "pos_embed", "reg_token") or name.startswith(("patch_embed", "norm_pre")):
         return 0
     if m := re.match(r"blocks\.(\d+)\.", name):
         return int(m.group(1)) + 1
@@ -107,6 +108,13 @@ def layer_decay_groups(vit: nn.Module, weight_decay: float, layer_decay: float, 
         g["params"].append(p)
         g["names"].append(prefix + name)
     return [groups[k] for k in sorted(groups)]
+
+
+@torch.no_grad()
+def ema_update_(target: list[torch.Tensor], online: list[torch.Tensor], momentum: float) -> None:
+    """target = momentum x target + (1 - momentum) x online, in place: a momentum encoder's or an EMA's step."""
+    torch._foreach_mul_(target, momentum)
+    torch._foreach_add_(target, online, alpha=1 - momentum)
 
 
 def warmup_cosine(step: int, warmup_steps: float, total_steps: float, min_ratio: float = 0.0) -> float:

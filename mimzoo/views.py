@@ -37,7 +37,7 @@ from torch import nn
 from .models import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Views", "Pair", "TwoViews", "RelativeBoxes", "MAEViews", "PairViews", "CroCoPairViews", "TwoCropViews",
-           "EvalView", "Augmentation", "mae_eval_crop", "relative_boxes"]
+           "EvalView", "Augmentation", "mae_eval_crop", "relative_boxes", "MultiCrops", "MultiCropViews", "byol_colour"]
 
 
 @dataclass
@@ -281,6 +281,16 @@ class CroCoPairViews(_ViewMaker):
         return TwoViews(self._out(x1), self._out(x2), b1, b2, no_flip, no_flip, tuple(images1.shape[-2:]))
 
 
+def byol_colour(blur_p: float, solarize_p: float, blur_kernel: int = 23) -> nn.Sequential:
+    """BYOL's colour augmentation of one view: `ColorJitter(0.4, 0.4, 0.2, 0.1)` p=0.8, `RandomGrayscale` p=0.2,
+    `GaussianBlur(sigma in (0.1, 2))` p=`blur_p`, then `Solarize(128/255)` p=`solarize_p` (none when 0)."""
+    ops = [K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8), K.RandomGrayscale(p=0.2),
+           K.RandomGaussianBlur(blur_kernel, (0.1, 2.0), p=blur_p)]
+    if solarize_p:
+        ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))  # threshold exactly 0.5
+    return nn.Sequential(*ops)
+
+
 class TwoCropViews(_ViewMaker):
     """SiameseIM's `DataAugmentationForSIM`: two independent `RandomResizedCrop(size, scale, ratio, bicubic)` of the
     same image (release `crop_min` 0.08), each with its own horizontal flip (p = `hflip`), then asymmetric colour
@@ -303,16 +313,8 @@ class TwoCropViews(_ViewMaker):
         self.crop = K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(ratio), resample=interpolation,
                                         align_corners=False)
         self.flip = K.RandomHorizontalFlip(p=hflip)
-
-        def colour(blur_p: float, solarize_p: float) -> nn.Module:
-            if not color:
-                return nn.Identity()
-            ops = [K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8), K.RandomGrayscale(p=0.2),
-                   K.RandomGaussianBlur(blur_kernel, (0.1, 2.0), p=blur_p)]
-            if solarize_p:
-                ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))  # threshold exactly 0.5
-            return nn.Sequential(*ops)
-
+        colour = (lambda blur_p, solarize_p: byol_colour(blur_p, solarize_p, blur_kernel)) if color else (
+            lambda *_: nn.Identity())
         self.color1, self.color2 = colour(1.0, 0.0), colour(0.1, 0.2)
         self._stateless()
 
@@ -331,3 +333,47 @@ class TwoCropViews(_ViewMaker):
             views.append((self._out(colour(x)), boxes, self._applied(self.flip, device)))
         (x1, b1, f1), (x2, b2, f2) = views
         return TwoViews(x1, x2, b1, b2, f1, f2, tuple(images.shape[-2:]))
+
+
+@dataclass
+class MultiCrops:
+    global_views: torch.Tensor  # (G x B, 3, size, size) float32, normalised, view-major (all of view 0 first)
+    local_views: torch.Tensor  # (L x B, 3, local_size, local_size), view-major; (0, 3, ...) without local views
+
+
+class MultiCropViews(_ViewMaker):
+    """MIM-Refiner's `train_byolaug_localviews`: two global `RandomResizedCrop(size, scale)` views with BYOL's
+    colour asymmetry (view 1 blur p=1.0; view 2 blur p=0.1 and solarize p=0.2) and `num_local` local
+    `RandomResizedCrop(local_size, local_scale)` views (blur p=0.5, no solarize); every view has its own flip
+    (p = `hflip`), jitter p=0.8 and grayscale p=0.2, and its own crop per sample. `forward(images, seed=None) ->
+    MultiCrops`. Not exact: PIL's blur (radius = sigma) vs a `blur_kernel`-px Gaussian kernel; Kornia draws the
+    jitter's op order once per batch and view. Eval mode: MAE's eval view for the global views, the same view
+    resized to `local_size` for the local ones, no flips, no colour."""
+
+    def __init__(self, size: int = 224, local_size: int = 96, num_local: int = 10,
+                 scale: tuple[float, float] = (0.25, 1.0), local_scale: tuple[float, float] = (0.05, 0.25),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5, blur_kernel: int = 23,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = "bicubic"):
+        super().__init__(size, mean, std, interpolation)
+        self.local_size, self.num_local = local_size, num_local
+        crop = lambda s, sc: K.RandomResizedCrop((s, s), scale=tuple(sc), ratio=tuple(ratio),  # noqa: E731
+                                                 resample=interpolation, align_corners=False)
+        self.crop, self.local_crop = crop(size, scale), crop(local_size, local_scale)
+        self.flip = K.RandomHorizontalFlip(p=hflip)
+        self.colours = nn.ModuleList([byol_colour(1.0, 0.0, blur_kernel), byol_colour(0.1, 0.2, blur_kernel)])
+        self.local_colour = byol_colour(0.5, 0.0, blur_kernel)
+        self.local_resize = K.Resize((local_size, local_size), resample=interpolation, align_corners=False,
+                                     antialias=True)
+        self._stateless()
+
+    def make(self, images: torch.Tensor) -> MultiCrops:
+        if not self.training:
+            x = self._center_view(images)[0]
+            local = self._out(self.local_resize(x)).repeat(self.num_local, 1, 1, 1)
+            return MultiCrops(self._out(x).repeat(2, 1, 1, 1), local)
+        src = self._float(images)
+        view = lambda crop, colour: self._out(colour(self.flip(crop(src)).clamp(0, 1)))  # noqa: E731
+        globals_ = [view(self.crop, colour) for colour in self.colours]
+        local = [view(self.local_crop, self.local_colour) for _ in range(self.num_local)]
+        empty = src.new_zeros(0, 3, self.local_size, self.local_size)
+        return MultiCrops(torch.cat(globals_), torch.cat(local) if local else empty)

@@ -49,3 +49,70 @@ def test_fixed_local_indexing_and_eval_mode():
     drawn = head(t["x"], t["idx"])  # nn_choice drawn inside, nothing enqueued outside training
     assert drawn.nn_choice.shape == (16, 1) and int(drawn.nn_choice.max()) < 5
     assert torch.equal(head.queue.x, queue)
+
+
+def _split(t, rank: int, world: int, views: int):
+    """Rank `rank`'s share of a view-major (views x B, ...) tensor: its slice of every view."""
+    per_view = t.view(views, -1, *t.shape[1:])
+    half = per_view.shape[1] // world
+    return per_view[:, rank * half:(rank + 1) * half].reshape(-1, *t.shape[1:])
+
+
+def _run_head(x, idx, choice):
+    """One NNA step with BatchNorm in eval mode (fixed statistics, the same on every process); returns the loss,
+    the gradients and the queue after."""
+    head, _ = _head_and_tensors()
+    for m in head.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.eval()
+    out = head(x, idx, nn_choice=choice)
+    out.loss.backward()
+    grads = [p.grad.clone() for p in head.parameters()]
+    return out.loss.detach(), grads, {k: v.clone() for k, v in head.queue.state_dict().items()}
+
+
+def _nna_rank(rank, world, port, result):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        _, t = _head_and_tensors()
+        loss, grads, queue = _run_head(_split(t["x"], rank, world, 6), _split(t["idx"], rank, world, 1),
+                                       _split(t["nn_choice"], rank, world, 2))
+        dist.all_reduce(loss)  # DDP averages the ranks' gradients: the objective is the mean of their losses
+        for g in grads:
+            dist.all_reduce(g)
+        torch.save({"loss": loss / world, "grads": [g / world for g in grads], "queue": queue},
+                   f"{result}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_nna_on_two_processes_equals_one_process_on_the_union_batch(tmp_path):
+    """Gathered predictions (negatives over the global batch, labels offset by rank) and the gathered enqueue
+    make two processes of 4 samples equal one process of 8: loss, every gradient, the queue on both ranks. Upstream
+    is equal only with the same BatchNorm statistics on every process (eval mode here; in training each GPU
+    normalises its own batch, upstream and here)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_nna_rank, args=(2, port, str(tmp_path / "rank")), nprocs=2, join=True)
+    _, t = _head_and_tensors()
+    loss, grads, queue = _run_head(t["x"], t["idx"], t["nn_choice"])
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank.{rank}", weights_only=True)
+        torch.testing.assert_close(got["loss"], loss, atol=1e-6, rtol=0)
+        for a, b in zip(got["grads"], grads):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        for k in queue:
+            assert torch.equal(got["queue"][k], queue[k]), k
+    alone, _, _ = _run_head(_split(t["x"], 0, 2, 6), _split(t["idx"], 0, 2, 1), _split(t["nn_choice"], 0, 2, 2))
+    assert not torch.allclose(alone, loss, atol=1e-3)  # without the gather the negatives would differ

@@ -143,7 +143,7 @@ class ImageDataModule(BaseDataModule):
         if is_shards(hp.data):
             return shard_loader(hp.data, hp.size, hp.batch_size, hp.shuffle_buffer, hp.epoch_size,
                                 **self.loader_kwargs())
-        return self.resumable_loader(ImageFolderDataset(self.train_files * hp.repeats, hp.size))
+        return self.resumable_loader(ImageFolderDataset(self.train_files, hp.size, repeats=hp.repeats))
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams

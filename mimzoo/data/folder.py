@@ -37,15 +37,17 @@ def list_images(root: str | os.PathLike, extensions=IMAGE_EXTENSIONS) -> list[Pa
 
 class ImageFolderDataset(Dataset):
     """Items are {"image": uint8 (3, size, size), "index": int[, "label": int]}, or None for a file that cannot
-    be decoded."""
+    be decoded. `repeats`: the files this many times over; "index" is the file's position in `files`, the same in
+    every repeat (methods that tell samples apart by index, such as MIM-Refiner's queue, see one image as one)."""
 
-    def __init__(self, files: list[Path], size: int = 256, labels: list[int] | None = None):
-        self.files, self.size, self.labels = list(files), size, labels
+    def __init__(self, files: list[Path], size: int = 256, labels: list[int] | None = None, repeats: int = 1):
+        self.files, self.size, self.labels, self.repeats = list(files), size, labels, repeats
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) * self.repeats
 
     def __getitem__(self, index: int) -> dict | None:
+        index = index % len(self.files)
         try:
             item = {"image": decode_image(self.files[index], self.size), "index": index}
         except CorruptImageError as e:

@@ -9,6 +9,7 @@ Pair record (one WebDataset sample per pair):
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -27,6 +28,12 @@ from .images import IMAGE_EXTENSIONS, CorruptImageError, decode_image
 
 EXTENSIONS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 PAIR_KEYS = ("0.jpg", "1.jpg", "json")
+
+
+def sample_index(name: str) -> int:
+    """A stream has no positions: a sample's "index" is a 62-bit digest of its shard and key (and image key), the
+    same in every epoch and worker, so methods that tell samples apart by index (MIM-Refiner's queue) can."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") >> 2
 
 
 def is_shards(data: str) -> bool:
@@ -75,7 +82,8 @@ def _images(size: int):
                 yield {"image": None}
             for key in keys:
                 try:
-                    yield {"image": decode_image(sample[key], size, name=f"{name}.{key}"), "index": -1}
+                    yield {"image": decode_image(sample[key], size, name=f"{name}.{key}"),
+                           "index": sample_index(f"{name}.{key}")}
                 except CorruptImageError as e:
                     report_corrupt(e)
                     yield {"image": None}  # counted as skipped by collate_images
@@ -109,7 +117,8 @@ def _decode_pairs(size: int):
                 if "0.jpg" not in sample or "1.jpg" not in sample:
                     raise CorruptImageError(name, f"not a pair sample: keys {sorted(sample)}, expected {PAIR_KEYS}")
                 yield {"image": decode_image(sample["0.jpg"], size, name=name + ".0.jpg"),
-                       "image2": decode_image(sample["1.jpg"], size, name=name + ".1.jpg"), "index": -1}
+                       "image2": decode_image(sample["1.jpg"], size, name=name + ".1.jpg"),
+                       "index": sample_index(name)}
             except CorruptImageError as e:
                 report_corrupt(e)
                 yield {"image": None}  # counted as skipped by collate_images

@@ -13,13 +13,14 @@ from .dense import DenseFinetune, DenseOutput
 from .finetune import ClassifierOutput, Finetune
 from .linear_probe import LinearProbe
 from .mae import MAE, MAEOutput
+from .mim_refiner import MIMRefiner, MIMRefinerOutput
 from .siameseim import SiameseIM, SiameseIMOutput
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (MAE, CroCo, MIMIC, SiameseIM, Finetune, LinearProbe,
-                                                             DenseFinetune)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (MAE, CroCo, MIMIC, SiameseIM, MIMRefiner, Finetune,
+                                                             LinearProbe, DenseFinetune)}
 
 __all__ = ["METHODS", "Method", "MAE", "MAEOutput", "CroCo", "CroCoOutput", "MIMIC", "Finetune", "LinearProbe",
-           "DenseFinetune", "SiameseIM", "SiameseIMOutput", "LossOutput", "ClassifierOutput", "DenseOutput",
+           "DenseFinetune", "SiameseIM", "SiameseIMOutput", "MIMRefiner", "MIMRefinerOutput", "LossOutput", "ClassifierOutput", "DenseOutput",
            "method_for", "pretrainer"]
 
 

@@ -54,6 +54,7 @@ class Method(L.LightningModule):
     name: ClassVar[str]  # the registry name, `mimzoo.methods.METHODS[name]`
     backbone: ViT
     optim: Optimization
+    backbone_part: str = "backbone"  # the child that is evaluated and that mimzoo.load gives (MIM-Refiner: its EMA)
 
     # -- construction -----------------------------------------------------------------------------------------
     def save_hyperparameters(self, *args, ignore=None, frame=None, logger: bool = True) -> None:
@@ -76,6 +77,7 @@ class Method(L.LightningModule):
                                                                 defaults=defaults, hints=hints, **overrides)
         self._from_file, self._from_init, self._notes = ["backbone"] if self.weights_file else [], [], []
         self._skipped: set[str] = set()  # parts of the file of another kind (already noted)
+        self._loaded_by_method: set[str] = set()  # parts the method loads from the file itself (and reports)
         return self.backbone
 
     def init_optim(self, optim: Optimization | dict | None) -> Optimization:
@@ -132,7 +134,7 @@ class Method(L.LightningModule):
         held = self.weights_file.parts()
         for name, child in self.named_children():
             own = child.state_dict()
-            if name == "backbone" or not own:
+            if name == "backbone" or not own or name in self._loaded_by_method:
                 continue
             weights = {} if name in self._skipped else self.weights_file.part(name)
             if weights and weights.keys() == own.keys() and all(weights[k].shape == own[k].shape for k in own):
@@ -293,10 +295,17 @@ class Method(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         if batch["image"].shape[0] == 0:  # every image of this batch was corrupt (already counted and reported)
             return None
-        loss = self.training_loss(batch).loss
+        out = self.training_loss(batch)
         # not on the progress bar: that would read the loss back from the device every step
-        self.log("train/loss", loss, batch_size=batch["image"].shape[0])
-        return loss
+        self.log("train/loss", out.loss, batch_size=batch["image"].shape[0])
+        extra = self.step_metrics(out)
+        if extra:
+            self.log_dict(extra, batch_size=batch["image"].shape[0])
+        return out.loss
+
+    def step_metrics(self, out) -> dict[str, torch.Tensor]:
+        """Device tensors to log beside train/loss each step (read back only every log_every_n_steps)."""
+        return {}
 
     def validation_noise(self, batch_size: int, device, batch_idx: int) -> torch.Tensor:
         """The same masks at every validation, so losses and pictures are comparable across epochs."""
@@ -310,9 +319,16 @@ class Method(L.LightningModule):
         parts = {name: dict(child.part_config) for name, child in self.named_children()
                  if name != "backbone" and isinstance(getattr(child, "part_config", None), dict)}
         # LightningCLI adds `_class_path` to the hyperparameters: not a constructor argument
-        return {"backbone": dict(self.backbone._hub_mixin_config), **parts, "method": self.name,
+        evaluated = {"backbone_part": self.backbone_part} if self.backbone_part != "backbone" else {}
+        return {"backbone": dict(self.backbone._hub_mixin_config), **parts, "method": self.name, **evaluated,
                 "contents": "pretrainer",
                 "hyper_parameters": {k: v for k, v in self.hparams.items() if not k.startswith("_")}}
+
+    @property
+    def evaluated_backbone(self) -> ViT:
+        """The encoder that is evaluated and that `mimzoo.load` of this method's checkpoints gives as the backbone:
+        `backbone`, unless the method keeps an average of it (MIM-Refiner's EMA)."""
+        return getattr(self, self.backbone_part)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["mimzoo"] = self.mimzoo_config()

@@ -1,127 +1,262 @@
-"""MIM-Refiner's instance-discrimination head (Alkin et al., ICLR 2025): a projector + predictor with BatchNorm and
-a FIFO nearest-neighbour queue, trained with Nearest Neighbour Alignment (NNA: NNCLR's loss with only the positive
-swapped for its neighbour). Module and buffer names are upstream's (`NnclrHead`, `NnclrQueue`), so an upstream head
-checkpoint's `state_dict` loads strictly."""
+"""MIM-Refiner (Alkin et al., ICLR 2025): refine a MIM-pretrained ViT with instance-discrimination heads on its
+intermediate blocks and its output, trained with Nearest Neighbour Alignment. Stage 2 trains the heads on the frozen
+encoder; stage 3 trains everything, and the EMA of the encoder is the result."""
 from __future__ import annotations
 
+import copy
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+from ..models.nna import NNAHead, NNAOutput, NNQueue
+from ..optim import Optimization, ema_update_, layer_decay_groups, weight_decay_groups
+from ..views import MultiCropViews
+from .base import Method
 
-def _mlp_layer(dim_in: int, dim_out: int, act: bool) -> nn.Sequential:
-    # BatchNorm after every linear, so the linears have no bias (upstream norm_mode="batchnorm")
-    layers = [nn.Linear(dim_in, dim_out, bias=False), nn.BatchNorm1d(dim_out)]
-    return nn.Sequential(*layers, nn.GELU()) if act else nn.Sequential(*layers)
-
-
-class NNQueue(nn.Module):
-    """FIFO queue of teacher projections with the dataset index of each (to exclude a sample's own entries)."""
-
-    def __init__(self, size: int, dim: int, topk: int = 1):
-        super().__init__()
-        self.topk = topk
-        self.register_buffer("x", torch.randn(size, dim))
-        self.register_buffer("idx", torch.full((size,), -1, dtype=torch.long))
-        self.register_buffer("cls", torch.full((size,), -1, dtype=torch.long))
-        self.register_buffer("age", torch.zeros(size, dtype=torch.long))
-        self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
-
-    @torch.no_grad()
-    def nearest(self, z: torch.Tensor, idx: torch.Tensor, nn_choice: torch.Tensor | None = None):
-        """One of the top-k neighbours of each row of z (cosine), uniformly; entries of the row's own sample are
-        skipped in training. Returns (neighbours, slots, nn_choice)."""
-        sim = F.normalize(z, dim=-1) @ F.normalize(self.x, dim=-1).T
-        if self.training:
-            sim = sim.masked_fill(self.idx[None, :] == idx[:, None], -1.0)
-        top = sim.topk(self.topk, dim=-1).indices
-        if nn_choice is None:
-            nn_choice = torch.randint(self.topk, (len(z), 1), device=z.device)
-        slots = top.gather(1, nn_choice).squeeze(1)
-        return self.x[slots].clone(), slots, nn_choice
-
-    @torch.no_grad()
-    def enqueue(self, z: torch.Tensor, idx: torch.Tensor) -> None:
-        n, size = len(z), len(self.x)
-        slots = (self.ptr + torch.arange(n, device=z.device)) % size  # wraps around the end, no host sync
-        self.x[slots] = z
-        self.idx[slots] = idx
-        self.age[slots] = 0
-        self.age += n
-        self.ptr.copy_((self.ptr + n) % size)
+__all__ = ["MIMRefiner", "MIMRefinerOutput", "NNAHead", "NNAOutput", "NNQueue", "head_name"]
 
 
 @dataclass
-class NNAOutput:
-    loss: torch.Tensor
-    global_loss: torch.Tensor
-    local_loss: torch.Tensor
-    projected: torch.Tensor  # (V x B, D) projector output of every view
-    predicted: torch.Tensor  # (V x B, D)
-    nn_choice: torch.Tensor  # (G x B, 1) the top-k pick
-    neighbours: torch.Tensor  # (G x B, D) raw queue entries swapped in as positives
-    slots: torch.Tensor  # (G x B,) their queue slots
-    global_alignment: torch.Tensor
-    local_alignment: torch.Tensor
-    nn_similarity: torch.Tensor
+class MIMRefinerOutput:
+    loss: torch.Tensor  # the sum of the heads' NNA losses (each weight 1)
+    heads: dict[str, NNAOutput]  # per head: its loss terms, projections, predictions, neighbours
 
 
-class NNAHead(nn.Module):
-    """ID head on pooled features. Args:
-        input_dim: the pooled feature's size.
-        output_dim: projection size (256 in the paper).
-        proj_hidden_dim, pred_hidden_dim: hidden sizes (2048, 4096).
-        queue_size: queue entries (65536); topk: neighbours to pick from (1 in stage 2, 20 in stage 3).
-        temperature: of the contrastive softmax (0.2).
-        fixed_local_indexing: False (default) reproduces upstream, whose local terms pair the global anchors with
-            `predicted[:, jj]` (the two global views and the first n_local - 2 local views, never the last two);
-            True pairs them with local view jj, as the paper describes."""
+def head_name(temperature: float, main: float) -> str:
+    """`main` for the main temperature; `main_t0_15` for a stage-2 side head at 0.15."""
+    return "main" if temperature == main else "main_t" + f"{temperature:g}".replace(".", "_")
 
-    def __init__(self, input_dim: int, output_dim: int = 256, proj_hidden_dim: int = 2048,
-                 pred_hidden_dim: int = 4096, queue_size: int = 65536, topk: int = 1, temperature: float = 0.2,
-                 fixed_local_indexing: bool = False):
+
+class MIMRefiner(Method):
+    """`MIMRefiner(...)(global_views, local_views, idx, nn_choice=None)` -> MIMRefinerOutput.
+
+    One ID head (`NNAHead`) on the pooled encoder output ("main": after the final norm of a pre-norm ViT, the last
+    block of a post-norm one) and one on the pooled raw output (no norm) of each block in `head_blocks`; every head
+    sees all views of a step in one BatchNorm batch; the loss is the sum of the heads' NNA losses. Defaults are the
+    paper's stage 3 for ViT-L/16 (recipes/mim_refiner/ has both stages for every released model).
+
+    Args:
+        backbone: architecture name or ViT config dict; None = the file's with `weights`, else vit_large_patch16.
+        backbone_kwargs: ViT arguments (see `mimzoo.loading.backbone_for`).
+        weights: the model to refine (any zoo name or file: MAE, data2vec 2.0, MIMIC, CroCo, SiameseIM, ...), or a
+            stage-2 checkpoint, whose heads (with their queues) start every head of the same name and temperature.
+        head_blocks: 0-based blocks whose raw output gets a head; None = range(depth - depth // 3, depth - 1)
+            (16..22 of 24, the L/16 recipes; H/14 uses 20..30).
+        temperature: of the main head and the block heads (L/16 0.2, H/14 0.3, 2B/14 0.35).
+        extra_temperatures: more main heads side by side at these temperatures (stage 2, to choose one).
+        pooling: "cls" (the cls token) or "avg" (the mean patch token, CrossMAE-refined).
+        output_dim, proj_hidden_dim, pred_hidden_dim: the heads' sizes (256, 2048, 4096).
+        queue_size: entries per head's queue (65536); topk: neighbours to draw from (stage 2: 1, stage 3: 20).
+        fixed_local_indexing: False = upstream's local terms (the released models), True = the paper's.
+        freeze_encoder: stage 2: the encoder stays in eval mode without gradients; only the heads train.
+        frozen_blocks: stage 3: the patch embedding, cls token, position table and the first n blocks stay fixed
+            (the 2B/14 recipe freezes 6).
+        ema_momentum: an EMA of the encoder updated after every optimizer step, evaluated and saved as the
+            backbone (`mimzoo.load` of the checkpoint gives it); None = no EMA (stage 2).
+        head_weight_decay: the heads' weight decay (the encoder's is optim.weight_decay).
+        image_size, local_size, num_local_views, global_scale, local_scale: the views (`MultiCropViews`): 2 global
+            crops of image_size and num_local_views local crops of local_size (96 for /16 models, 98 for /14).
+        optim: optimisation (stage 3: blr 4e-4, AdamW(0.9, 0.95), encoder wd 0.05 with layer-wise lr decay 0.65,
+            4 warmup epochs, cosine to 1e-6; the heads at the full lr).
+        compile: `torch.compile` the forward pass.
+    """
+
+    name = "mim_refiner"
+
+    def __init__(
+        self,
+        backbone: str | dict | None = None,
+        backbone_kwargs: dict | None = None,
+        weights: str | None = None,
+        head_blocks: list[int] | None = None,
+        temperature: float = 0.2,
+        extra_temperatures: list[float] = (),
+        pooling: Literal["cls", "avg"] = "cls",
+        output_dim: int = 256,
+        proj_hidden_dim: int = 2048,
+        pred_hidden_dim: int = 4096,
+        queue_size: int = 65536,
+        topk: int = 20,
+        fixed_local_indexing: bool = False,
+        freeze_encoder: bool = False,
+        frozen_blocks: int = 0,
+        ema_momentum: float | None = 0.9999,
+        head_weight_decay: float = 1e-5,
+        image_size: int = 224,
+        local_size: int = 96,
+        num_local_views: int = 10,
+        global_scale: tuple[float, float] = (0.25, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.25),
+        optim: Optimization = Optimization(blr=4e-4, weight_decay=0.05, betas=(0.9, 0.95), warmup_epochs=4,
+                                           min_lr=1e-6, layer_decay=0.65),
+        compile: bool = False,
+    ):
         super().__init__()
-        self.temperature, self.fixed_local_indexing = temperature, fixed_local_indexing
-        self.projector = nn.Sequential(_mlp_layer(input_dim, proj_hidden_dim, True),
-                                       _mlp_layer(proj_hidden_dim, proj_hidden_dim, True),
-                                       _mlp_layer(proj_hidden_dim, output_dim, False))
-        self.predictor = nn.Sequential(_mlp_layer(output_dim, pred_hidden_dim, True),
-                                       _mlp_layer(pred_hidden_dim, output_dim, False))
-        self.queue = NNQueue(queue_size, output_dim, topk)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
+        self.save_hyperparameters()
+        # local views are smaller: the backbone takes any size (its position table resampled as upstream does)
+        vit = self.init_backbone(backbone, backbone_kwargs, weights, default="vit_large_patch16",
+                                 dynamic_img_size=True)
+        vit.pos_resample_antialias = False
+        self.init_optim(optim)
+        depth = len(vit.blocks)
+        blocks = sorted({b % depth for b in (head_blocks if head_blocks is not None
+                                              else range(depth - depth // 3, depth - 1))})
+        self._set_hparam("head_blocks", blocks)
+        if pooling not in ("cls", "avg") or (pooling == "cls" and not vit.num_prefix_tokens):
+            raise ConfigError(f"pooling must be 'cls' or 'avg' (and 'avg' for a backbone without a cls token); "
+                              f"got {pooling!r}")
+        if freeze_encoder and ema_momentum is not None:
+            raise ConfigError("freeze_encoder (stage 2) leaves the encoder as it is: set ema_momentum: null")
+        if not 0 <= frozen_blocks <= depth:
+            raise ConfigError(f"frozen_blocks must be between 0 and the depth {depth}; got {frozen_blocks}")
+        head = dict(output_dim=output_dim, proj_hidden_dim=proj_hidden_dim, pred_hidden_dim=pred_hidden_dim,
+                    queue_size=queue_size, topk=topk, fixed_local_indexing=fixed_local_indexing)
+        self.head_inputs = {head_name(t, temperature): "main" for t in (temperature, *extra_temperatures)}
+        self.head_inputs.update({f"block{b}": f"block{b}" for b in blocks})
+        temperatures = {head_name(t, temperature): t for t in (temperature, *extra_temperatures)}
+        self.heads = nn.ModuleDict({name: NNAHead(vit.embed_dim, temperature=temperatures.get(name, temperature),
+                                                  **head) for name in self.head_inputs})
+        if freeze_encoder:
+            vit.requires_grad_(False)
+        elif frozen_blocks:
+            for part in (vit.patch_embed, *vit.blocks[:frozen_blocks]):
+                part.requires_grad_(False)
+            for p in (vit.cls_token, vit.pos_embed):
+                if p is not None:
+                    p.requires_grad_(False)
+        self.ema = copy.deepcopy(vit).requires_grad_(False) if ema_momentum is not None else None
+        self.backbone_part = "ema" if ema_momentum is not None else "backbone"
+        self.views = MultiCropViews(image_size, local_size, num_local_views, tuple(global_scale),
+                                    tuple(local_scale), mean=vit.data_config["mean"], std=vit.data_config["std"])
+        self._step = torch.compile(self._forward) if compile else self._forward
+        self._load_heads()
+        self.load_file_parts(derived={"ema": lambda: self.ema.load_state_dict(self.backbone.state_dict())})
 
-    def forward(self, x: torch.Tensor, idx: torch.Tensor, num_global_views: int = 2,
-                nn_choice: torch.Tensor | None = None) -> NNAOutput:
-        b, g = len(idx), num_global_views
-        views = len(x) // b
-        p = self.projector(x)
-        q = self.predictor(p)
-        z = p.detach()[: g * b]  # teacher: the global views, no momentum encoder
-        own = idx.repeat(g)
-        neighbours, slots, nn_choice = self.queue.nearest(z, own, nn_choice)
+    @classmethod
+    def converted_kwargs(cls, config: dict) -> dict:
+        if "hyper_parameters" not in config:
+            raise ConfigError("the released MIM-Refiner files hold the refined encoder only (the heads were not "
+                              "released): load it with model='backbone', or refine it further with "
+                              "MIMRefiner(weights=...)")
+        return super().converted_kwargs(config)
+
+    # -- the method -------------------------------------------------------------------------------------------
+    def pooled(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The heads' inputs for one resolution: "main" pools the encoder output, "block<k>" the raw output of
+        block k (no norm)."""
+        final, blocks = self.backbone.forward_intermediates(images, indices=self.hparams.head_blocks,
+                                                            output_fmt="NLC", return_prefix_tokens=True)
+        prefix = self.backbone.num_prefix_tokens
+        if self.hparams.pooling == "cls":
+            out = {"main": final[:, 0]}
+            out.update({f"block{b}": cls[:, 0] for b, (_, cls) in zip(self.hparams.head_blocks, blocks)})
+        else:
+            out = {"main": final[:, prefix:].mean(1)}
+            out.update({f"block{b}": patches.mean(1) for b, (patches, _) in zip(self.hparams.head_blocks, blocks)})
+        return out
+
+    def forward(self, global_views: torch.Tensor, local_views: torch.Tensor | None, idx: torch.Tensor,
+                nn_choice: torch.Tensor | dict[str, torch.Tensor] | None = None) -> MIMRefinerOutput:
+        """global_views (2B, 3, H, W) and local_views (L x B, 3, h, w), view-major; idx (B,) dataset indices;
+        nn_choice: the top-k picks (2B, 1), one tensor for every head or one per head name (drawn when None)."""
+        if local_views is None:
+            local_views = global_views.new_zeros(0, *global_views.shape[1:])
+        return self._step(global_views, local_views, idx, nn_choice)
+
+    def _forward(self, global_views, local_views, idx, nn_choice) -> MIMRefinerOutput:
+        with torch.no_grad() if self.hparams.freeze_encoder else nullcontext():
+            feats = [self.pooled(global_views)] + ([self.pooled(local_views)] if len(local_views) else [])
+        heads = {}
+        for name, head in self.heads.items():
+            x = torch.cat([f[self.head_inputs[name]] for f in feats])  # all views, one BatchNorm batch
+            choice = nn_choice.get(name) if isinstance(nn_choice, dict) else nn_choice
+            heads[name] = head(x, idx, num_global_views=2, nn_choice=choice)
+        return MIMRefinerOutput(torch.stack([o.loss for o in heads.values()]).sum(), heads)
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def make_views(self, batch: dict) -> dict:
+        images = batch["image"]
         if self.training:
-            self.queue.enqueue(z[:b], idx)  # view 0 only, as upstream
-        zn, nnn = F.normalize(z, dim=-1).view(g, b, -1), F.normalize(neighbours, dim=-1).view(g, b, -1)
-        qn = F.normalize(q, dim=-1).view(views, b, -1)
-        pairs_global = [(i, j) for i in range(g) for j in range(g) if i != j]
-        first = g if self.fixed_local_indexing else 0
-        pairs_local = [(i, first + jj) for i in range(g) for jj in range(views - g)]
-        glob = [self._term(zn[i], nnn[i], qn[j]) for i, j in pairs_global]
-        loc = [self._term(zn[i], nnn[i], qn[j]) for i, j in pairs_local]
-        terms = glob + loc
-        mean = lambda ts, k: torch.stack([t[k] for t in ts]).mean() if ts else z.new_zeros(())  # noqa: E731
-        total = torch.stack([t[0] for t in terms]).sum() / len(terms)
-        return NNAOutput(total, mean(glob, 0), mean(loc, 0), p, q, nn_choice, neighbours, slots, mean(glob, 1),
-                         mean(loc, 1), F.cosine_similarity(z, neighbours, dim=-1).mean())
+            crops = self.views(images)
+        else:  # validation: training views from a fixed seed, comparable across epochs
+            self.views.train()
+            try:
+                crops = self.views(images, seed=0)
+            finally:
+                self.views.eval()
+        return {"image": crops.global_views, "local": crops.local_views}
 
-    def _term(self, anchor, neighbour, pred):
-        """CE over the batch's predictions with the anchor's neighbour as the positive (negatives un-swapped)."""
-        logits = anchor @ pred.T / self.temperature
-        positive = (neighbour * pred).sum(-1) / self.temperature
-        logits = logits - torch.diag_embed(logits.diagonal()) + torch.diag_embed(positive)
-        labels = torch.arange(len(anchor), device=anchor.device)
-        return F.cross_entropy(logits, labels), logits.softmax(-1).diagonal().mean()
+    def _indices(self, batch: dict) -> torch.Tensor:
+        idx = batch.get("index")
+        if idx is None:
+            raise ConfigError("MIM-Refiner needs each image's dataset index (batch['index']) to keep a sample's own "
+                              "queue entries out of its neighbours; mimzoo's datamodules yield it")
+        return idx.to(batch["image"].device)
+
+    def training_loss(self, batch: dict) -> MIMRefinerOutput:
+        return self(batch["image"], batch.get("local"), self._indices(batch))
+
+    def step_metrics(self, out: MIMRefinerOutput) -> dict[str, torch.Tensor]:
+        return {f"train/{name}/{k}": getattr(o, k) for name, o in out.heads.items()
+                for k in ("loss", "nn_similarity")}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        idx = self._indices(batch)
+        top1 = torch.zeros(2 * len(idx), 1, dtype=torch.long, device=idx.device)  # the nearest: deterministic
+        out = self(batch["image"], batch.get("local"), idx, nn_choice=top1)
+        self.log("val/loss", out.loss, prog_bar=True, batch_size=len(idx), sync_dist=True)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.hparams.freeze_encoder:  # stage 2: the frozen encoder's dropout / drop path stay off
+            self.backbone.eval()
+        return self
+
+    def optimizer_groups(self) -> list[dict]:
+        """The encoder's trainable parameters with layer-wise lr decay and optim.weight_decay; the heads at the full
+        lr with `head_weight_decay` (biases and 1-D tensors never decayed)."""
+        o = self.optim
+        groups = []
+        if any(p.requires_grad for p in self.backbone.parameters()):
+            if o.layer_decay is None:
+                groups = weight_decay_groups(self.backbone, o.weight_decay)
+            else:
+                groups = layer_decay_groups(self.backbone, o.weight_decay, o.layer_decay)
+                for g in groups:
+                    g.pop("names")
+        return groups + weight_decay_groups(self.heads, self.hparams.head_weight_decay)
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            ema_update_(list(self.ema.parameters()), list(self.backbone.parameters()), self.hparams.ema_momentum)
+
+    # -- weights ----------------------------------------------------------------------------------------------
+    def _load_heads(self) -> None:
+        """Heads from a stage-2 (or earlier MIM-Refiner) file: each head takes the file's head at the same input
+        and temperature, with its queue; the others start from init."""
+        file = self.weights_file
+        if file is None or "heads" not in file.parts():
+            return
+        self._loaded_by_method.add("heads")
+        held = file.part("heads")
+        hp = file.config.get("hyper_parameters") or {}
+        main = hp.get("temperature", 0.2)
+        by_temperature = {t: head_name(t, main) for t in (main, *(hp.get("extra_temperatures") or ()))}
+        taken, loaded = [], set()
+        for name, head in self.heads.items():
+            source = by_temperature.get(head.temperature) if self.head_inputs[name] == "main" else name
+            weights = {k[len(source) + 1:]: v for k, v in held.items() if source and k.startswith(source + ".")}
+            own = head.state_dict()
+            if weights.keys() == own.keys() and all(weights[k].shape == own[k].shape for k in own):
+                head.load_state_dict(weights, strict=True)
+                loaded.add(name)
+                taken.append(name if source == name else f"{name} (the file's {source})")
+        if taken:
+            self._from_file.append("heads " + ", ".join(taken))
+        if len(loaded) < len(self.heads):
+            self._from_init.append("heads " + ", ".join(n for n in self.heads if n not in loaded))

@@ -13,7 +13,7 @@ from ..models import masking
 from ..models.decoders import SiameseDecoder
 from ..models.losses import unigrad_loss
 from ..models.pos_embed import sincos_2d
-from ..optim import Optimization
+from ..optim import Optimization, ema_update_
 from ..views import RelativeBoxes, TwoCropViews
 from .base import Method
 
@@ -58,9 +58,7 @@ class MomentumTarget(nn.Module):
     @torch.no_grad()
     def update(self, backbone: nn.Module, decoder: SiameseDecoder, momentum: float) -> None:
         """target = momentum * target + (1 - momentum) * online, parameters only (upstream `mm_update`)."""
-        target = self.copies()
-        torch._foreach_mul_(target, momentum)
-        torch._foreach_add_(target, self.online(backbone, decoder), alpha=1 - momentum)
+        ema_update_(self.copies(), self.online(backbone, decoder), momentum)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:

@@ -72,7 +72,13 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
     pos_embed_prefix: the absolute table has a row per prefix (cls) token (MAE, timm default) or covers the patches
         only and leaves the cls token without position (MIM-Refiner, timm's `no_embed_class`).
     block: "prenorm" (timm) or "postnorm" (data2vec 2.0); embed_norm: LayerNorm right after the cls token joins.
+
+    Inputs of another size than `img_size` (with `dynamic_img_size`) get the absolute table resampled bicubically,
+    antialiased when shrinking as timm does; a method that must match upstream's plain `F.interpolate` (MIM-Refiner's
+    local views) sets `pos_resample_antialias = False` on its instance.
     """
+
+    pos_resample_antialias: bool = True
 
     def __init__(
         self,
@@ -164,7 +170,8 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
         prefix = 0 if self.no_embed_class else self.num_prefix_tokens
         table = self.pos_embed
         if grid != self.grid_size:
-            table = resample_abs_pos_embed(table, new_size=grid, old_size=self.grid_size, num_prefix_tokens=prefix)
+            table = resample_abs_pos_embed(table, new_size=grid, old_size=self.grid_size, num_prefix_tokens=prefix,
+                                           antialias=self.pos_resample_antialias)
         return table[:, prefix:], (table[:, :prefix] if prefix else None)
 
     def _rope(self, grid: tuple[int, int], ids_keep: torch.Tensor | None) -> torch.Tensor | None:

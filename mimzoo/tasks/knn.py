@@ -27,16 +27,22 @@ def check_knn(ks, temperature: float = 0.07) -> None:
 
 @torch.no_grad()
 def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, *, k: int = 20,
-                temperature: float = 0.07, num_classes: int | None = None, chunk_size: int = 1024) -> torch.Tensor:
+                temperature: float = 0.07, num_classes: int | None = None, chunk_size: int = 1024,
+                standardize: bool = False) -> torch.Tensor:
     """Cosine similarity of L2-normalised features; the k most similar training samples each vote
     exp(similarity / temperature) for their class; argmax. Test features go in chunks, so 1.28M x 1024 training
     features need only one chunk's (chunk_size x N) similarity matrix at a time; runs on the features' device.
-    A k above the number of training samples is clamped to it, with one log line."""
+    A k above the number of training samples is clamped to it, with one log line. With `standardize`, every
+    feature is first standardised with the training set's mean and std (+ 1e-6), MIM-Refiner's protocol."""
     check_knn([k], temperature)
     if len(train_feats) == 0:
         raise ConfigError("k-NN needs at least one training sample")
     num_classes = int(num_classes or int(train_labels.max()) + 1)
-    train = F.normalize(train_feats.float(), dim=1)
+    train_feats, test_feats = train_feats.float(), test_feats.float()
+    if standardize:
+        mean, std = train_feats.mean(0, keepdim=True), train_feats.std(0, keepdim=True) + 1e-6
+        train_feats, test_feats = (train_feats - mean) / std, (test_feats.to(mean.device) - mean) / std
+    train = F.normalize(train_feats, dim=1)
     labels = train_labels.to(train.device).long()
     if k > train.shape[0]:
         log.warning(f"k-NN: k={k} is more than the {train.shape[0]} training samples; using k={train.shape[0]} "

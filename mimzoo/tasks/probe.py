@@ -74,7 +74,8 @@ def load_probed(model) -> torch.nn.Module:
 
 
 def feature_sets(model, data: str, poolings: Sequence[str], batch_size: int = 128, workers: int = 4,
-                 cache_dir: str | None = None, progress: bool = True) -> dict[str, tuple[torch.Tensor, ...]]:
+                 cache_dir: str | None = None, progress: bool = True,
+                 device: str | torch.device | None = None) -> dict[str, tuple[torch.Tensor, ...]]:
     """For each pooling: (train features, train labels, test features, test labels) of a backbone (or zoo name /
     checkpoint) on "digits" or an ImageNet-style folder; with `cache_dir`, read from / written to
     <split>_<pooling>.safetensors there, keyed by the model's weights, the data's files, the input size, the
@@ -110,7 +111,7 @@ def feature_sets(model, data: str, poolings: Sequence[str], batch_size: int = 12
     out = {}
     for pooling in poolings:
         tag = lambda split, pooling=pooling: f"{cache_dir}/{split}_{pooling}.safetensors" if cache_dir else None
-        common = {"progress": progress, "digest": digest}
+        common = {"progress": progress, "digest": digest, "device": str(device) if device is not None else None}
         out[pooling] = (*extract(vit, train, pooling, cache=tag("train"), data=described["train"], **common),
                         *extract(vit, test, pooling, cache=tag("test"), data=described["test"], **common))
     first = next(iter(out.values()), None)
@@ -125,13 +126,15 @@ def frozen_features(model: str, data: str, pooling: str = "default", batch_size:
 
 
 def knn_probe(model: str, data: str, ks=(20, 200), temperature: float = 0.07, pooling: str = "default",
-              batch_size: int = 128, workers: int = 4, cache_dir: str | None = None, progress: bool = True) -> dict:
-    """Top-1 accuracy (%) of weighted k-NN for each k. data: "digits" or an ImageNet-style folder (train/, val/)."""
+              batch_size: int = 128, workers: int = 4, cache_dir: str | None = None, progress: bool = True,
+              standardize: bool = False) -> dict:
+    """Top-1 accuracy (%) of weighted k-NN for each k. data: "digits" or an ImageNet-style folder (train/, val/).
+    standardize: features standardised with the training set's statistics first (MIM-Refiner's protocol)."""
     check_knn(ks, temperature)
     xtr, ytr, xte, yte = frozen_features(model, data, pooling, batch_size, workers, cache_dir, progress)
     result = {}
     for k in ks:
-        pred = knn_predict(xtr, ytr, xte, k=k, temperature=temperature)
+        pred = knn_predict(xtr, ytr, xte, k=k, temperature=temperature, standardize=standardize)
         result[f"knn{k}_top1"] = round((pred == yte).float().mean().item() * 100, 2)
     return result
 
