@@ -73,7 +73,7 @@ SPECS = {
     "mim_refiner": Spec("mim_refiner/checkpoint.pth", {"head_blocks": [0, 1], "output_dim": 16, "proj_hidden_dim": 32,
                                                        "pred_hidden_dim": 32, "queue_size": 32},
                         lambda m, io: (torch.stack(list(m.pooled(io["images"]).values())),
-                                       torch.stack([io["cls"], io["block_outputs.0"][:, 0], io["block_outputs.1"][:, 0]])),
+                                       torch.stack([io["cls"], *(io[f"block_outputs.{i}"][:, 0] for i in (0, 1))])),
                         lambda n: {"image": images(n, 40), "index": torch.arange(n)},
                         lambda m, b: m(b["image"], b["local"], b["index"],
                                        torch.zeros(2 * len(b["index"]), 1, dtype=torch.long)).heads["main"].predicted),

@@ -20,7 +20,8 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (MAE, CroCo, MIMIC, Siame
                                                              LinearProbe, DenseFinetune)}
 
 __all__ = ["METHODS", "Method", "MAE", "MAEOutput", "CroCo", "CroCoOutput", "MIMIC", "Finetune", "LinearProbe",
-           "DenseFinetune", "SiameseIM", "SiameseIMOutput", "MIMRefiner", "MIMRefinerOutput", "LossOutput", "ClassifierOutput", "DenseOutput",
+           "DenseFinetune", "SiameseIM", "SiameseIMOutput",
+           "MIMRefiner", "MIMRefinerOutput", "LossOutput", "ClassifierOutput", "DenseOutput",
            "method_for", "pretrainer"]
 
 
