@@ -116,3 +116,58 @@ def test_nna_on_two_processes_equals_one_process_on_the_union_batch(tmp_path):
             assert torch.equal(got["queue"][k], queue[k]), k
     alone, _, _ = _run_head(_split(t["x"], 0, 2, 6), _split(t["idx"], 0, 2, 1), _split(t["nn_choice"], 0, 2, 2))
     assert not torch.allclose(alone, loss, atol=1e-3)  # without the gather the negatives would differ
+
+
+FSDP_SCRIPT = '''
+import json, sys
+import lightning as L, torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from mimzoo.methods import MIMRefiner
+
+world, out = int(sys.argv[1]), sys.argv[2]
+g = torch.Generator().manual_seed(0)
+views = {"image": torch.randn(8, 3, 32, 32, generator=g), "local": torch.randn(8, 3, 16, 16, generator=g),
+         "index": torch.arange(4)}
+if world == 1:  # the union of the two processes' batches (each process sees the same 4 samples)
+    views = {k: torch.cat([v.view(-1, 4, *v.shape[1:])] * 2, 1).flatten(0, 1) for k, v in views.items()}
+
+class Losses(L.Callback):
+    seen = []
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen.append(float(outputs["loss"]))
+
+torch.manual_seed(0)
+model = MIMRefiner(backbone="vit_tiny_patch8", backbone_kwargs={"depth": 2, "img_size": 32}, head_blocks=[0],
+                   output_dim=16, proj_hidden_dim=32, pred_hidden_dim=32, queue_size=32, topk=1, image_size=32,
+                   local_size=16, num_local_views=2, ema_momentum=0.9, optim={"warmup_epochs": 0, "lr": 1e-4})
+strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1) if world == 2 else "auto"
+trainer = L.Trainer(accelerator="cpu", devices=world, strategy=strategy, max_steps=2, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    callbacks=[Losses()], limit_val_batches=0, use_distributed_sampler=False)
+trainer.fit(model, torch.utils.data.DataLoader([views] * 2, batch_size=None))
+if trainer.global_rank == 0:
+    json.dump(Losses.seen, open(out, "w"))
+'''
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_equals_one_process_on_the_union_batch(tmp_path):
+    """The 2B/14 recipe's strategy (Lightning's ModelParallelStrategy: FSDP2, every block a shard unit) on two CPU
+    processes gives the loss of one process on the union batch, before and after an optimizer step (its gradients
+    reduced across the shards; AdamW's first step is nearly a sign step, which turns float rounding into ~1e-5).
+    Each process gets the same 4 samples, so its BatchNorm statistics are those of the union: with different
+    samples per process they differ, per GPU, as upstream's."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "fsdp.py"
+    script.write_text(FSDP_SCRIPT)
+    losses = {}
+    for world in (1, 2):
+        run = subprocess.run([sys.executable, str(script), str(world), str(tmp_path / f"{world}.json")],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        losses[world] = json.loads((tmp_path / f"{world}.json").read_text())
+    assert len(losses[1]) == 2 and losses[1][1] < losses[1][0] - 0.1  # the step trained
+    assert abs(losses[2][0] - losses[1][0]) < 1e-5 and abs(losses[2][1] - losses[1][1]) < 1e-4, losses

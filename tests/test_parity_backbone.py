@@ -125,3 +125,25 @@ def test_mim_refiner(parity_dir, sub, variant):
             assert_close(out, io[f"{variant}block_outputs.{i}"], what=f"block_outputs.{i}")
         assert_close(raw[-1][:, 0], io[variant + "cls_prenorm"], what="cls_prenorm")
         assert_close(raw[-1][:, 1:].mean(1), io[variant + "avg_prenorm"], what="avg_prenorm")
+
+
+def test_data2vec2_fairseq_layout(parity_dir, tmp_path):
+    """A fairseq data2vec 2.0 `model` state dict (MIM-Refiner's source for D2V2-refined) converts into the same
+    post-norm encoder: the d2v2 fixture's weights written back in fairseq's names, with the decoder and the EMA
+    teacher that the file also holds, give upstream's features."""
+    from mimzoo.convert.data2vec2 import TO_REFINER
+
+    d = parity_dir / "mim_refiner" / "d2v2_postnorm"
+    sd = torch.load(d / "checkpoint_perturbed.pth", weights_only=True)["state_dict"]
+    back = {ours: fs for fs, ours in TO_REFINER.items()}
+    model = {back.get(k, k): v for k, v in sd.items()}
+    positions = "modality_encoders.IMAGE.fixed_positional_encoder.positions"
+    model[positions] = model[positions].reshape(1, -1, model[positions].shape[-1])
+    model["modality_encoders.IMAGE.decoder.blocks.0.0.weight"] = torch.zeros(4, 4)
+    model["_ema"] = torch.zeros(3)
+    torch.save({"model": model, "optimizer_history": [], "extra_state": {}}, tmp_path / "large_imagenet.pt")
+    vit = load(tmp_path / "large_imagenet.pt")
+    io = load_io(d)
+    assert vit.blocks[0].__class__.__name__ == "PostNormBlock" and vit.norm_pre.weight.shape == (192,)
+    with torch.no_grad():
+        assert_close(vit.forward_features(io["images"]), io["perturbed.features"], what="features")

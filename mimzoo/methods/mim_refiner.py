@@ -230,6 +230,21 @@ class MIMRefiner(Method):
                     g.pop("names")
         return groups + weight_decay_groups(self.heads, self.hparams.head_weight_decay)
 
+    def configure_model(self) -> None:
+        """Under Lightning's `ModelParallelStrategy` (FSDP2, the 2B/14 recipe: a 2B encoder, its EMA and the
+        optimizer state do not fit one GPU per replica) every block of the encoder and of its EMA is a shard unit
+        and the rest is sharded as one; elsewhere nothing changes."""
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        for vit in (self.backbone, self.ema):
+            for blk in vit.blocks if vit is not None else ():
+                fully_shard(blk, mesh=mesh)
+        fully_shard(self, mesh=mesh)
+
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:

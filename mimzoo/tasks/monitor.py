@@ -7,6 +7,7 @@ import logging
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from torch.distributed.fsdp import FSDPModule
 
 from .knn import check_knn, knn_predict
 from .probe import feature_sets
@@ -43,11 +44,16 @@ class KNNMonitor(L.Callback):
         vit = getattr(pl_module, "evaluated_backbone", None)
         vit = pl_module.backbone if vit is None else vit
         was_training = vit.training
+        sharded = isinstance(pl_module, FSDPModule)  # FSDP2: the root's own parameters are gathered only in forward
+        if sharded:
+            pl_module.unshard()
         try:
             sets = feature_sets(vit, self.data, [self.pooling], self.batch_size, self.workers, progress=False,
                                 device=pl_module.device)
         finally:
             vit.train(was_training)  # the online encoder goes on training as it was
+            if sharded:
+                pl_module.reshard()
         xtr, ytr, xte, yte = sets[self.pooling]
         pred = knn_predict(xtr, ytr, xte, k=self.k, temperature=self.temperature, standardize=self.standardize)
         return round((pred == yte).float().mean().item() * 100, 2)
