@@ -7,8 +7,9 @@ from .heads import DPTHead, LinearHead
 from .knn import knn_predict
 from .linear import ProbeHead, linear_grid_on_features, linear_probe_on_features
 from .metrics import DepthMetrics, SurfaceNormalMetrics
+from .monitor import KNNMonitor
 
 __all__ = ["knn_predict", "DepthMetrics", "SurfaceNormalMetrics", "extract", "pooled", "DPTHead", "berhu_loss",
            "normal_loss", "scale_crop", "segmentation_metrics", "silog_loss", "ProbeHead", "LinearHead",
            "linear_probe_on_features", "linear_grid_on_features", "fewshot_on_features", "fewshot_splits",
-           "fit_logistic", "cyanure_preprocess"]
+           "fit_logistic", "cyanure_preprocess", "KNNMonitor"]
