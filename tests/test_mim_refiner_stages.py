@@ -1,6 +1,8 @@
 """MIM-Refiner's two stages on a tiny ViT: stage 2 trains the heads only (the encoder frozen and in eval mode),
 stage 3 starts every head (weights and queue) from its stage-2 head of the same input and temperature, keeps the
 first blocks fixed when asked, decays the encoder's lr layer by layer and saves its EMA; the multi-crop views."""
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -122,3 +124,33 @@ def test_multicrop_views_sizes_scales_and_seeds():
     views.eval()
     centre = views(images)
     assert torch.equal(centre.global_views[:64], centre.global_views[64:])  # eval: one centre view, no colour
+
+
+def test_quickstart_refine_recipe_runs_on_a_quickstart_mae_and_its_result_probes(tmp_path, monkeypatch, capsys):
+    """recipes/quickstart/refine_tiny.yaml from the CLI (two one-step epochs) on an MAE shaped like the quick
+    start's; the k-NN the monitor logged for the EMA encoder is what `mimzoo probe knn` measures on the saved file."""
+    import csv
+    import json
+
+    from mimzoo.cli import main as cli
+    from mimzoo.methods import MAE
+
+    torch.manual_seed(0)
+    mae = MAE(backbone="vit_tiny_patch8", backbone_kwargs={"depth": 4, "img_size": 64}, decoder_embed_dim=32,
+              decoder_depth=1, decoder_num_heads=2, image_size=64, optim={"warmup_epochs": 0})
+    out = tmp_path / "runs" / "quickstart" / "checkpoints"
+    _fit(mae, 1, tmp_path).save_checkpoint(out / "last.ckpt")
+    monkeypatch.chdir(tmp_path)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "refine_tiny.yaml"
+    assert cli(["fit", "-c", str(recipe), "--trainer.max_epochs=2", "--trainer.limit_train_batches=1",
+                "--trainer.enable_progress_bar=false", "--data.init_args.repeats=1", "--data.init_args.batch_size=8",
+                "--data.init_args.num_workers=0", "--model.init_args.num_local_views=2"]) in (0, None)
+    run = tmp_path / "runs" / "refine_quickstart"
+    logged = [float(r["knn/top1"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("knn/top1")]
+    assert len(logged) == 1  # after epoch 2 (every second epoch)
+    capsys.readouterr()
+    assert cli(["probe", "knn", "--model", str(run / "checkpoints" / "last.ckpt"), "--data", "digits",
+                "--pooling", "cls_prenorm", "--standardize", "--k", "10", "--temperature", "0.07", "--quiet"]) == 0
+    probed = json.loads(capsys.readouterr().out)
+    assert probed["knn10_top1"] == pytest.approx(logged[0], abs=0.01), (probed, logged)
+    assert probed["knn10_top1"] > 20  # digits separate well above chance (10 %) even after two steps
