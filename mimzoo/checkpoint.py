@@ -24,6 +24,55 @@ from .errors import ConfigError, Error, NotFoundError
 SAFE_GLOBALS = [argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath]
 
 
+class InertRecord:
+    """Stands in for a training-log class of another library (mmengine's `HistoryBuffer`, ...): the unpickler
+    builds one instead, so nothing of that library is imported or run; its pickled state is kept as plain data."""
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["state"] = state
+
+    def __repr__(self) -> str:
+        return f"<inert stand-in for {type(self).__qualname__}>"
+
+
+class _InertAttribute(str):
+    """What `getattr(<stand-in class>, name)` gives in a pickle: the name, as plain data."""
+
+
+def _inert_getattr(obj: Any, name: str, *default: Any) -> Any:
+    """mmengine pickles `getattr(HistoryBuffer, '<statistic>')`: answered for stand-ins only (never a real
+    getattr, which could reach any attribute of an allowed object)."""
+    if isinstance(obj, type) and issubclass(obj, InertRecord):
+        return _InertAttribute(name)
+    raise pickle.UnpicklingError(f"refused getattr({type(obj).__name__}, {name!r}) in a checkpoint")
+
+
+def _numpy_globals() -> list:
+    """numpy arrays and scalars as torch's weights-only unpickler can rebuild them (mmengine logs hold them)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    reconstruct = core.multiarray._reconstruct
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [np.ndarray, np.dtype, *dtypes, core.multiarray.scalar,
+            (reconstruct, "numpy._core.multiarray._reconstruct"), (reconstruct, "numpy.core.multiarray._reconstruct"),
+            (core.multiarray.scalar, "numpy._core.multiarray.scalar"),
+            (core.multiarray.scalar, "numpy.core.multiarray.scalar")]
+
+
+# mmengine Runner checkpoints (SemanticMIM and other OpenMMLab trainers) put log objects beside the weights;
+# each maps to an inert stand-in class of the same name, so `torch.load(weights_only=True)` reads the file.
+MMENGINE_CLASSES = ["mmengine.logging.history_buffer.HistoryBuffer", "mmengine.logging.message_hub.MessageHub",
+                    "mmengine.config.config.ConfigDict", "mmengine.config.config.Config"]
+STAND_INS = [(type(name.rpartition(".")[2], (InertRecord,), {"__module__": __name__}), name)
+             for name in MMENGINE_CLASSES]
+
+
+def safe_globals() -> list:
+    return [*SAFE_GLOBALS, *STAND_INS, (_inert_getattr, "builtins.getattr"), (_inert_getattr, "__builtin__.getattr"),
+            *_numpy_globals()]
+
+
 class CheckpointReadError(Error, ValueError):
     """A file that is not a readable checkpoint (empty, truncated, another kind of file, or an unsafe pickle)."""
 
@@ -51,7 +100,7 @@ def read(path: str | os.PathLike) -> Any:
         raise CheckpointReadError(f"{path} is not a readable PyTorch checkpoint (it is neither a torch zip archive "
                                   f"nor a pickle); check that the file is the checkpoint you meant")
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
+        with torch.serialization.safe_globals(safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e) or "truncated" in str(e).lower():

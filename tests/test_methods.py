@@ -77,6 +77,11 @@ SPECS = {
                         lambda n: {"image": images(n, 40), "index": torch.arange(n)},
                         lambda m, b: m(b["image"], b["local"], b["index"],
                                        torch.zeros(2 * len(b["index"]), 1, dtype=torch.long)).heads["main"].predicted),
+    "semanticmim": Spec("semanticmim/maskfeat/checkpoint.pth", {},
+                        lambda m, io: (m(io["images"], io["mask"]).loss, io["loss"]),
+                        lambda n: {"image": images(n, 40)},
+                        lambda m, b: m(b["image"], torch.arange(m.backbone.num_patches).expand(len(b["image"]), -1)
+                                       >= m.backbone.num_patches - m.num_masked).pred),
     "finetune": Spec("mae_vit/checkpoint.pth", {"num_classes": 10},
                      lambda m, io: (m(io["images"]), io["logits"]),
                      lambda n: {"image": images(n, 40), "label": torch.arange(n) % 10},

@@ -19,6 +19,8 @@ PER_METHOD = {
                   "image_size": 32, "num_masked": 9, "crop_scale": (0.2, 1.0)},
     "mim_refiner": {"head_blocks": [0], "output_dim": 16, "proj_hidden_dim": 32, "pred_hidden_dim": 32,
                     "queue_size": 32, "image_size": 32, "local_size": 16, "num_local_views": 2, "ema_momentum": 0.9},
+    "semanticmim": {"backbone_kwargs": {**TINY_VIT, "patch_size": 16}, "num_proxies": 2, "image_size": 32,
+                    "mask_ratio": 0.75},  # patch 16: HOG's cells and Gaussian window
     "linear_probe": {"num_classes": 10, "image_size": 32},
     "dense_finetune": {"image_size": 32, "feature_dim": 32, "drop_path_rate": 0.0, "hooks": [0, 0, 1, 1]},
 }

@@ -14,14 +14,16 @@ from .finetune import ClassifierOutput, Finetune
 from .linear_probe import LinearProbe
 from .mae import MAE, MAEOutput
 from .mim_refiner import MIMRefiner, MIMRefinerOutput
+from .semanticmim import SemanticMIM, SemanticMIMOutput
 from .siameseim import SiameseIM, SiameseIMOutput
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (MAE, CroCo, MIMIC, SiameseIM, MIMRefiner, Finetune,
+METHODS: dict[str, type[Method]] = {m.name: m for m in (MAE, CroCo, MIMIC, SiameseIM, MIMRefiner, SemanticMIM, Finetune,
                                                              LinearProbe, DenseFinetune)}
 
 __all__ = ["METHODS", "Method", "MAE", "MAEOutput", "CroCo", "CroCoOutput", "MIMIC", "Finetune", "LinearProbe",
            "DenseFinetune", "SiameseIM", "SiameseIMOutput",
-           "MIMRefiner", "MIMRefinerOutput", "LossOutput", "ClassifierOutput", "DenseOutput",
+           "MIMRefiner", "MIMRefinerOutput", "SemanticMIM", "SemanticMIMOutput", "LossOutput", "ClassifierOutput",
+           "DenseOutput",
            "method_for", "pretrainer"]
 
 

@@ -280,8 +280,9 @@ class Method(L.LightningModule):
         return batch
 
     def make_views(self, batch: dict) -> dict:
-        """The batch's entries to replace with views (training views in train mode, evaluation views in eval)."""
-        raise NotImplementedError
+        """The batch's entries to replace with views (training views in train mode, evaluation views in eval).
+        Default: one view per image from `self.views` (MAE's, SemanticMIM's)."""
+        return {"image": self.views(batch["image"]).images}
 
     def training_loss(self, batch: dict):
         """An output object with `.loss` (and whatever the method reports)."""

@@ -102,9 +102,6 @@ class MAE(ReconstructionPictures, Method):
         loss = masked_mse(pred.float(), target.float(), mask, self.norm_pix_loss)
         return MAEOutput(loss, pred, mask, ids_restore, latent, decoder_normed)
 
-    def make_views(self, batch: dict) -> dict:
-        return {"image": self.views(batch["image"]).images}
-
     def training_loss(self, batch: dict) -> MAEOutput:
         return self(batch["image"])
 

@@ -72,6 +72,8 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
     pos_embed_prefix: the absolute table has a row per prefix (cls) token (MAE, timm default) or covers the patches
         only and leaves the cls token without position (MIM-Refiner, timm's `no_embed_class`).
     block: "prenorm" (timm) or "postnorm" (data2vec 2.0); embed_norm: LayerNorm right after the cls token joins.
+    reg_tokens: extra prefix tokens after the cls token (SemanticMIM's proxies beyond the first, with position rows
+        of their own when pos_embed_prefix); init_values: layer scale (BEiT-style blocks), None = none.
 
     Inputs of another size than `img_size` (with `dynamic_img_size`) get the absolute table resampled bicubically,
     antialiased when shrinking as timm does; a method that must match upstream's plain `F.interpolate` (MIM-Refiner's
@@ -91,6 +93,7 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         class_token: bool = True,
+        reg_tokens: int = 0,
         pos_embed: Literal["sincos", "learn", "rope", "none"] = "sincos",
         pos_embed_prefix: bool = True,
         rope_base: float = 100.0,
@@ -102,6 +105,7 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
         num_classes: int = 0,
         norm_eps: float = 1e-6,
         drop_path_rate: float = 0.0,
+        init_values: float | None = None,
         freeze_patch_embed: bool = False,
         dynamic_img_size: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -117,7 +121,7 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
         super().__init__(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             global_pool=global_pool, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias, class_token=class_token,
+            qkv_bias=qkv_bias, class_token=class_token, reg_tokens=reg_tokens, init_values=init_values,
             pos_embed="learn" if pos_embed in ("sincos", "learn") else "none",
             no_embed_class=not pos_embed_prefix,
             # timm builds fc_norm only with final_norm on, and then turns its final norm off
