@@ -127,7 +127,7 @@ def test_multicrop_views_sizes_scales_and_seeds():
 
 
 def test_quickstart_refine_recipe_runs_on_a_quickstart_mae_and_its_result_probes(tmp_path, monkeypatch, capsys):
-    """recipes/quickstart/refine_tiny.yaml from the CLI (two one-step epochs) on an MAE shaped like the quick
+    """recipes/quickstart/refine_tiny.yaml from the CLI (five one-step epochs) on an MAE shaped like the quick
     start's; the k-NN the monitor logged for the EMA encoder is what `mimzoo probe knn` measures on the saved file."""
     import csv
     import json
@@ -142,15 +142,25 @@ def test_quickstart_refine_recipe_runs_on_a_quickstart_mae_and_its_result_probes
     _fit(mae, 1, tmp_path).save_checkpoint(out / "last.ckpt")
     monkeypatch.chdir(tmp_path)
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "refine_tiny.yaml"
-    assert cli(["fit", "-c", str(recipe), "--trainer.max_epochs=2", "--trainer.limit_train_batches=1",
+    assert cli(["fit", "-c", str(recipe), "--trainer.max_epochs=5", "--trainer.limit_train_batches=1",
                 "--trainer.enable_progress_bar=false", "--data.init_args.repeats=1", "--data.init_args.batch_size=8",
                 "--data.init_args.num_workers=0", "--model.init_args.num_local_views=2"]) in (0, None)
     run = tmp_path / "runs" / "refine_quickstart"
     logged = [float(r["knn/top1"]) for r in csv.DictReader(open(run / "metrics.csv")) if r.get("knn/top1")]
-    assert len(logged) == 1  # after epoch 2 (every second epoch)
+    assert len(logged) == 1  # after epoch 5 (every fifth epoch)
     capsys.readouterr()
     assert cli(["probe", "knn", "--model", str(run / "checkpoints" / "last.ckpt"), "--data", "digits",
                 "--pooling", "cls_prenorm", "--standardize", "--k", "10", "--temperature", "0.07", "--quiet"]) == 0
     probed = json.loads(capsys.readouterr().out)
     assert probed["knn10_top1"] == pytest.approx(logged[0], abs=0.01), (probed, logged)
     assert probed["knn10_top1"] > 20  # digits separate well above chance (10 %) even after two steps
+
+
+@pytest.mark.slow
+def test_the_training_forward_traces_as_one_graph():
+    """What `compile=True` compiles: 12 views, every head, the NN lookup and the enqueue in one graph."""
+    model = tiny("mim_refiner").train()
+    batch = model.on_after_batch_transfer({"image": torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8),
+                                           "index": torch.arange(4)}, 0)
+    explained = torch._dynamo.explain(model._forward)(batch["image"], batch["local"], batch["index"], None)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons

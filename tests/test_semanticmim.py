@@ -189,3 +189,18 @@ def test_streams_see_what_the_paper_says():
         a = baseline(images, mask).pred
         b = baseline(images + torch.randn_like(images), mask).pred
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["hog", "pixels"])
+def test_the_training_forward_traces_as_one_graph(target):
+    """What `compile=True` compiles: both streams, the target and the loss in one graph (no host sync)."""
+    from mimzoo.methods.semanticmim import random_mask
+
+    from tiny import tiny
+
+    model = tiny("semanticmim", target=target).train()
+    images = torch.randn(2, 3, 32, 32)
+    mask = random_mask(torch.rand(2, model.backbone.num_patches), model.num_masked)
+    explained = torch._dynamo.explain(model._forward)(images, mask)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
