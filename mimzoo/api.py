@@ -29,11 +29,12 @@ def load(name_or_path: str | os.PathLike, *, model: str = "backbone", format: st
         progress: show download progress.
         overrides: num_heads / decoder_num_heads (when the weights cannot tell), drop_path_rate, global_pool,
             dynamic_img_size, mean, std, img_size (resamples the position table), num_classes (a new classifier;
-            0 drops one).
+            0 drops one), pretraining_norm (True: keep the pretraining final norm that the downstream backbone
+            drops, SemanticMIM's VOC linear segmentation features).
     """
     if model not in MODELS:
         raise ConfigError(f"model must be one of {MODELS}, got {model!r}")
-    allowed = loading.HINTS | loading.BEHAVIOUR | loading.AFTER
+    allowed = loading.HINTS | loading.BEHAVIOUR | loading.AFTER | loading.FILE_OPTIONS
     unknown = set(overrides) - allowed
     if unknown:
         raise ConfigError(f"unknown override(s) {sorted(unknown)}; allowed: {sorted(allowed)}")

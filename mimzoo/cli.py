@@ -203,7 +203,7 @@ def zoo_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", required=True, help="zoo name, checkpoint file or folder")
     pr.add_argument("--data", required=True, help="'digits' (built in) or an ImageNet-style folder (train/, val/)")
     pr.add_argument("--pooling", choices=("default", "cls", "cls_prenorm", "cls_avg", "cls_last4", "cls_avg_last4",
-                                          "avg"), default=None,
+                                          "avg", "proxies"), default=None,
                     help="feature: default = the checkpoint's own (knn, linear); fewshot uses cls_prenorm (the last "
                          "block's cls token before the final norm, as MSN / SiameseIM / MIM-Refiner)")
     pr.add_argument("--batch-size", type=int, default=128, help="feature extraction batch size")

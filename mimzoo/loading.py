@@ -22,6 +22,7 @@ from .models import ViT, arch_config
 HINTS = {"num_heads", "decoder_num_heads"}  # structure the weights cannot show
 BEHAVIOUR = {"drop_path_rate", "global_pool", "dynamic_img_size", "mean", "std", "freeze_patch_embed"}  # not weights
 AFTER = {"img_size", "num_classes"}  # applied to the loaded model: position table resampled, classifier replaced
+FILE_OPTIONS = {"pretraining_norm"}  # another reading of the file: its pretraining final norm as the backbone's norm
 
 # what a zoo entry records that changes behaviour and that the file itself may not say
 ZOO_TARGETS = {"norm_pix": True, "pixel": False, "pixel+gan": False}  # -> norm_pix_loss
@@ -160,9 +161,12 @@ def build(config: dict, state_dict: dict[str, torch.Tensor] | None = None, *, wh
           **overrides) -> ViT:
     """A ViT from its config (+ `BEHAVIOUR` overrides), strictly loaded with `state_dict` (ViT keys) when given,
     then `img_size` (resampled position table / rebuilt RoPE) and `num_classes` (a new classifier) applied."""
+    if overrides.pop("pretraining_norm", False):
+        raise ConfigError("pretraining_norm=True takes the norm from a pretraining file: pass weights=<the file>")
     unknown = set(overrides) - BEHAVIOUR - AFTER
     if unknown:
-        raise ConfigError(f"unknown backbone override(s) {sorted(unknown)}; allowed: {sorted(BEHAVIOUR | AFTER)}")
+        raise ConfigError(f"unknown backbone override(s) {sorted(unknown)}; allowed: "
+                          f"{sorted(BEHAVIOUR | AFTER | FILE_OPTIONS)}")
     kwargs = {**config, **{k: v for k, v in overrides.items() if k in BEHAVIOUR}}
     vit = ViT(**kwargs)
     if state_dict is not None:
@@ -177,8 +181,25 @@ def build(config: dict, state_dict: dict[str, torch.Tensor] | None = None, *, wh
 
 def backbone(converted: Converted, **overrides) -> ViT:
     """The backbone a converted file holds, in eval mode (what `mimzoo.load(..., model="backbone")` returns)."""
-    return build(converted.config["backbone"], converted.backbone_state(),
-                 what=converted.config.get("format", "checkpoint"), **overrides).eval()
+    config, state = file_backbone(converted, overrides.pop("pretraining_norm", False))
+    return build(config, state, what=converted.config.get("format", "checkpoint"), **overrides).eval()
+
+
+def file_backbone(converted: Converted, pretraining_norm: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(ViT config, ViT state) of a file. `pretraining_norm`: the final norm its pretraining applied, which the
+    downstream backbone drops (SemanticMIM: `mask_stream.norm`, upstream `ln1`, which its VOC linear
+    segmentation keeps), becomes the backbone's `norm`."""
+    config, state = converted.config["backbone"], converted.backbone_state()
+    if not pretraining_norm:
+        return config, state
+    # an upstream converter names the part; a file mimzoo's SemanticMIM wrote holds it under its own name
+    norm = converted.part(converted.config.get("pretraining_norm") or "mask_stream.norm")
+    if not norm or config.get("final_norm", True) and not config.get("fc_norm"):
+        raise ConfigError(f"{converted.source} holds no separate pretraining norm: pretraining_norm=True is for "
+                          f"files whose downstream backbone drops one (SemanticMIM); drop the option")
+    # timm has either a final norm or an fc_norm after pooling: the pretraining norm takes the final norm's place
+    kept = {k: v for k, v in state.items() if not k.startswith(("norm.", "fc_norm."))}
+    return {**config, "final_norm": True, "fc_norm": False}, {**kept, **{f"norm.{k}": v for k, v in norm.items()}}
 
 
 def backbone_for(backbone: str | dict | None = None, backbone_kwargs: dict | None = None,
@@ -197,7 +218,7 @@ def backbone_for(backbone: str | dict | None = None, backbone_kwargs: dict | Non
         overrides: `BEHAVIOUR` / `AFTER` values the method itself sets (e.g. a fine-tuning resolution).
     """
     kwargs = dict(backbone_kwargs or {})
-    settable = {k: kwargs.pop(k) for k in list(kwargs) if k in BEHAVIOUR | AFTER}
+    settable = {k: kwargs.pop(k) for k in list(kwargs) if k in BEHAVIOUR | AFTER | FILE_OPTIONS}
     settable.update({k: v for k, v in overrides.items() if v is not None})
     if weights is None:
         config = backbone_config(backbone or default, {**(defaults or {}), **kwargs})
@@ -206,7 +227,7 @@ def backbone_for(backbone: str | dict | None = None, backbone_kwargs: dict | Non
             config["img_size"] = img_size
         return build(config, **settable), None
     converted = read(weights, num_heads=kwargs.get("num_heads"), **{k: v for k, v in (hints or {}).items() if v})
-    config = converted.config["backbone"]
+    config, state = file_backbone(converted, settable.pop("pretraining_norm", False))
     asked = backbone_config(backbone, kwargs) if backbone is not None else kwargs
     clash = {k: (v, config.get(k)) for k, v in asked.items()
              if k not in BEHAVIOUR | AFTER and config.get(k, _absent) != v and not _same(config.get(k), v)}
@@ -214,7 +235,7 @@ def backbone_for(backbone: str | dict | None = None, backbone_kwargs: dict | Non
         said = ", ".join(f"{k}={v!r} (the file has {f!r})" for k, (v, f) in clash.items())
         raise ConfigError(f"{said} contradicts the architecture of {converted.source}: with weights the file "
                           f"decides the architecture; drop the argument or choose other weights")
-    return build(config, converted.backbone_state(), what=str(converted.source), **settable), converted
+    return build(config, state, what=str(converted.source), **settable), converted
 
 
 _absent = object()

@@ -56,7 +56,8 @@ def test_paper_recipe_matches_the_paper():
 @pytest.mark.parametrize("recipe, run_dir, tokens", [("mae_tiny", "quickstart", 65),
                                                     ("croco_tiny", "croco_quickstart", 64),
                                                     ("depth_tiny", "depth_quickstart", 65),
-                                                    ("siameseim_tiny", "quickstart_siameseim", 65)])
+                                                    ("siameseim_tiny", "quickstart_siameseim", 65),
+                                                    ("semanticmim_tiny", "quickstart_semanticmim", 8 + 36)])
 def test_quickstart_command(tmp_path, recipe, run_dir, tokens):
     """The README's first command (minus the install), its cross-view and SiameseIM twins and the depth fine-tuning
     example: a real CPU training run that saves a checkpoint and pictures, and whose loss falls."""
@@ -67,13 +68,16 @@ def test_quickstart_command(tmp_path, recipe, run_dir, tokens):
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "runs" / run_dir
     assert (out / "checkpoints" / "last.ckpt").is_file()
-    pictures = {"depth_tiny": "predictions", "siameseim_tiny": "geometry"}.get(recipe, "reconstructions")
+    pictures = {"depth_tiny": "predictions", "siameseim_tiny": "geometry",
+                "semanticmim_tiny": "attention"}.get(recipe, "reconstructions")
     assert len(list((out / pictures).glob("epoch_*.png"))) >= 2
     import csv
 
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-    assert len(losses) > 10 and sum(losses[-5:]) / 5 < 0.75 * sum(losses[:3]) / 3, losses
+    # SemanticMIM's HOG loss starts low (0.08) and falls most within the first logged steps
+    drop = 0.85 if recipe == "semanticmim_tiny" else 0.75
+    assert len(losses) > 10 and sum(losses[-5:]) / 5 < drop * sum(losses[:3]) / 3, losses
     if recipe == "depth_tiny":  # on the held-out crops it beats predicting the median training depth everywhere
         from mimzoo.data import DenseDataModule
         from mimzoo.tasks import DepthMetrics
@@ -91,4 +95,5 @@ def test_quickstart_command(tmp_path, recipe, run_dir, tokens):
     import mimzoo
 
     vit = mimzoo.load(out / "checkpoints" / "last.ckpt")
-    assert vit.forward_features(torch.zeros(1, 3, 64, 64)).shape == (1, tokens, 192)
+    size = 96 if recipe == "semanticmim_tiny" else 64  # a learned position table: its own size
+    assert vit.forward_features(torch.zeros(1, 3, size, size)).shape == (1, tokens, 192)

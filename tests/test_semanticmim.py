@@ -204,3 +204,96 @@ def test_the_training_forward_traces_as_one_graph(target):
     mask = random_mask(torch.rand(2, model.backbone.num_patches), model.num_masked)
     explained = torch._dynamo.explain(model._forward)(images, mask)
     assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+
+
+@pytest.mark.parametrize("variant, proxies", [("maskfeat", 8), ("beit", 1)])
+@pytest.mark.parametrize("perturbed", [False, True])
+def test_pretraining_encoder_unmasked_equals_upstream(parity_dir, variant, proxies, perturbed):
+    """Upstream's VOC linear segmentation reads `backbone(x, None, None)`: every patch, with the pretraining
+    final norm that the downstream backbone drops. Both ways mimzoo gives it, and the dense linear head's map."""
+    from mimzoo.methods import DenseFinetune, SemanticMIM
+
+    folder = parity_dir / "semanticmim" / variant
+    io = load_file(folder / "io.safetensors")
+    expected = io[("perturbed." if perturbed else "") + "pretrain_backbone_unmasked"]
+    file = folder / f"checkpoint{'_perturbed' if perturbed else ''}.pth"
+    vit = mimzoo.load(file, pretraining_norm=True)
+    kwargs = {"target": "tokens", "vocab_size": 512} if variant == "beit" else {}
+    method = SemanticMIM(weights=str(file), **kwargs).eval()
+    dense = DenseFinetune(weights=str(file), task="segmentation", num_classes=3, head="linear", image_size=224,
+                          backbone_kwargs={"pretraining_norm": True}).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(vit.forward_features(io["images"]), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(method.unmasked_tokens(io["images"]), expected, atol=1e-5, rtol=0)
+        (fmap,) = dense.features(io["images"])  # (B, D, 14, 14): every prefix token skipped
+    torch.testing.assert_close(fmap.flatten(2).transpose(1, 2), expected[:, proxies:], atol=1e-5, rtol=0)
+    with pytest.raises(Error, match="holds no separate pretraining norm"):
+        mimzoo.load(parity_dir / "mae_pretrain" / "checkpoint.pth", pretraining_norm=True)
+
+
+def test_downstream_protocols_skip_every_proxy(parity_dir):
+    """Fine-tuning and probe poolings on a P = 8 backbone: patch averages leave out all 8 proxies, 'proxies'
+    is upstream's cls_token feature, the fine-tuning classifier reads upstream's avg_featmap."""
+    from mimzoo.cli import zoo_parser
+    from mimzoo.methods import Finetune
+    from mimzoo.tasks.features import POOLINGS, pooled
+
+    folder = parity_dir / "semanticmim" / "maskfeat"
+    io = load_file(folder / "io.safetensors")
+    vit = mimzoo.load(folder / "checkpoint_perturbed.pth")
+    tune = Finetune(weights=str(folder / "checkpoint_perturbed.pth"), num_classes=5, image_size=224).eval()
+    with torch.no_grad():
+        avg, proxies = pooled(vit, io["images"], "avg"), pooled(vit, io["images"], "proxies")
+        default = pooled(vit, io["images"], "default")
+        tuned = tune.backbone.forward_head(tune.backbone.forward_features(io["images"]), pre_logits=True)
+    raw = io["perturbed.downstream_raw"]
+    torch.testing.assert_close(avg, raw[:, 8:].mean(1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(proxies, io["perturbed.downstream_cls_token"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(default, io["perturbed.downstream_avg_featmap"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(tuned, io["perturbed.downstream_avg_featmap"], atol=1e-5, rtol=0)
+    choices = next(a for a in zoo_parser()._subparsers._group_actions[0].choices["probe"]._actions
+                   if a.dest == "pooling").choices
+    assert tuple(choices) == POOLINGS
+
+
+def test_proxy_attention_is_the_blocks_own_softmax():
+    """The maps are the attention weights timm's (unfused) attention computes in the last block: captured there
+    by a hook, averaged over heads, the proxies' rows over the patch columns."""
+    from tiny import tiny
+
+    model = tiny("semanticmim").eval()
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    attn = model.backbone.blocks[-1].attn
+    seen = []
+    hook = attn.attn_drop.register_forward_hook(lambda module, args, out: seen.append(out))
+    attn.fused_attn = False
+    with torch.no_grad():
+        maps = model.proxy_attention(images)
+        model.backbone.forward_features(images)
+    hook.remove()
+    P = model.hparams.num_proxies
+    assert maps.shape == (3, P, 2, 2)
+    torch.testing.assert_close(maps, seen[-1].mean(1)[:, :P, P:].reshape(3, P, 2, 2))
+    assert (maps.flatten(2).sum(-1) < 1).all()  # the rest of each row goes to the proxies themselves
+
+
+def test_validation_writes_the_proxies_attention_picture(tmp_path):
+    import lightning as L
+    from PIL import Image
+
+    from mimzoo.methods.pictures import attention_picture
+
+    from tiny import tiny
+
+    model = tiny("semanticmim")
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    loader = torch.utils.data.DataLoader([{"image": im} for im in images], batch_size=4)
+    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, num_sanity_val_steps=0, accelerator="cpu")
+    trainer.fit(model, loader, loader)
+    (picture,) = (tmp_path / "attention").glob("epoch_*.png")
+    P = model.hparams.num_proxies
+    with Image.open(picture) as im:  # one row per image: the image and one map per proxy, 128 px tiles
+        assert im.size == ((1 + P) * 130 + 2, 4 * 130 + 2)
+    grid = attention_picture(torch.zeros(1, 3, 32, 32), torch.rand(1, P, 2, 2), (0.5,) * 3, (0.5,) * 3)
+    assert grid.shape == (3, 132, (1 + P) * 130 + 2)

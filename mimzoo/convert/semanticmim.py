@@ -118,6 +118,7 @@ def convert(sd: dict, meta: dict | None = None, num_heads: int | None = None,
     return {"format": NAME, "method": NAME, "contents": "pretrainer" if has_pretrainer else "encoder",
             "backbone": backbone, "num_proxies": num_proxies, "target": "tokens" if beit else "hog",
             "vocab_size": out["head.weight"].shape[0] if beit and "head.weight" in out else None,
+            "pretraining_norm": "mask_stream.norm" if "mask_stream.norm.weight" in out else None,
             "added": {"backbone.fc_norm.*": "identity fc_norm of SemanticMIM's downstream ViT (upstream ln2, not in "
                                             "the checkpoint)"},
             "dropped": dropped}, out

@@ -64,6 +64,25 @@ class ReconstructionPictures:
         return save_epoch_picture(self, grid, "reconstructions")
 
 
+def attention_picture(images: torch.Tensor, maps: torch.Tensor, mean, std, max_rows: int = 4) -> torch.Tensor:
+    """One row per image: the image, then one heat map per proxy token (`maps` (B, P, h, w), e.g.
+    `models.semanticmim.proxy_attention`), each scaled to its own [min, max] and laid over the grey image; hot =
+    attended."""
+    n = min(max_rows, images.shape[0])
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    rgb = (images[:n].float() * s + m).clamp(0, 1)
+    heat = torch.nn.functional.interpolate(maps[:n].float(), size=rgb.shape[-2:], mode="nearest")
+    low, high = heat.amin((2, 3), keepdim=True), heat.amax((2, 3), keepdim=True)
+    heat = ((heat - low) / (high - low).clamp_min(1e-12)).unsqueeze(2)  # (n, P, 1, H, W) in [0, 1]
+    colour = torch.cat([heat.sqrt(), heat ** 2, 0.4 * (1 - heat)], dim=2)  # dark blue -> red -> yellow
+    grey = rgb.mean(1, keepdim=True).unsqueeze(1)
+    tiles = torch.cat([rgb.unsqueeze(1), 0.35 * grey + 0.65 * colour], dim=1).flatten(0, 1)
+    if tiles.shape[-1] < 128:  # small training images: enlarge (nearest) so patches stay visible
+        tiles = torch.nn.functional.interpolate(tiles, scale_factor=128 // tiles.shape[-1], mode="nearest")
+    return make_grid(tiles.cpu(), nrow=1 + maps.shape[1], padding=2, pad_value=1.0)
+
+
 def geometry_picture(images1: torch.Tensor, images2: torch.Tensor, rel, mean, std, patch_size: int,
                      max_rows: int = 4, scale: int = 4) -> torch.Tensor:
     """One row per sample: view 1 | view 2, each enlarged `scale` times; on view 2 a dot at every patch centre,

@@ -15,10 +15,11 @@ from ..errors import ConfigError
 from ..models.decoders import patchify
 from ..models.hog import HOG
 from ..models.losses import normalized_pixels
-from ..models.semanticmim import MaskStream, embed_groups, split_rows, two_streams
+from ..models.semanticmim import MaskStream, embed_groups, proxy_attention, split_rows, two_streams
 from ..optim import Optimization
 from ..views import MAEViews
 from .base import Method
+from .pictures import attention_picture, save_epoch_picture
 
 
 @dataclass
@@ -58,6 +59,8 @@ class SemanticMIM(Method):
         optim: optimisation (MaskFeat-SemanticMIM: blr 2e-4, AdamW(0.9, 0.999), wd 0.05; the recipes clip
             gradients at 0.02 through the trainer).
         compile: `torch.compile` the forward pass.
+        picture_every_n_epochs: the proxies' attention maps on the first validation batch (`<run>/attention/`)
+            every n validation epochs.
     """
 
     name = "semanticmim"
@@ -77,6 +80,7 @@ class SemanticMIM(Method):
         crop_scale: tuple[float, float] = (0.5, 1.0),
         optim: Optimization = Optimization(blr=2e-4, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=30),
         compile: bool = False,
+        picture_every_n_epochs: int = 1,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -145,6 +149,16 @@ class SemanticMIM(Method):
             y = blk(y)
         return self.mask_stream.norm(y)[:, -self.num_masked:]
 
+    def unmasked_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, P + N, D): the pretraining encoder over [proxies, all patches] with its final norm (upstream
+        `backbone(x, None, None)`, the features of its VOC linear segmentation); `mimzoo.load(file,
+        pretraining_norm=True)` gives the same as a backbone."""
+        return self.mask_stream.norm(self.backbone.forward_features(images))
+
+    def proxy_attention(self, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """(B, P, h, w): each proxy's attention over the patches at block `layer` (heads averaged)."""
+        return proxy_attention(self.backbone, images, layer)
+
     @torch.no_grad()
     def targets(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The masked patches' targets in raster order: HOG (fp32), normalised pixels, or token ids."""
@@ -170,3 +184,6 @@ class SemanticMIM(Method):
         noise = self.validation_noise(images.shape[0], images.device, batch_idx)
         out = self(images, random_mask(noise, self.num_masked))
         self.log("val/loss", out.loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
+        if batch_idx == 0 and not self.trainer.sanity_checking:
+            grid = attention_picture(images, self.proxy_attention(images), self.views.mean, self.views.std)
+            save_epoch_picture(self, grid, "attention")

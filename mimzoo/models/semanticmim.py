@@ -120,3 +120,25 @@ def two_streams(vit, stream: MaskStream, images: torch.Tensor, mask: torch.Tenso
         per_depth.append((proxies, image, masked))
     normed = stream.norm(torch.cat([proxies, image, masked], dim=1))
     return Streams(proxies, image, masked, normed, per_depth)
+
+
+def proxy_attention(vit, images: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """(B, P, h, w): how each proxy token attends over the patches at encoder block `layer` on the unmasked images,
+    softmax weights averaged over the heads (upstream's `attn_vis.py --get_cls_attn`: the paper's qualitative
+    claim is that these maps follow objects). Computed from the block's own qkv projection, since SDPA does not
+    return its weights."""
+    P = vit.num_prefix_tokens
+    x, rope = vit.embed(images)
+    if rope is not None:
+        raise ValueError("proxy_attention needs absolute positions (no RoPE)")
+    depth = len(vit.blocks)
+    layer = layer % depth
+    for blk in vit.blocks[:layer]:
+        x = blk(x)
+    attn = vit.blocks[layer].attn
+    B, N, _ = x.shape
+    qkv = attn.qkv(vit.blocks[layer].norm1(x)).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0][:, :, :P]), attn.k_norm(qkv[1])
+    weights = (q * attn.scale @ k.transpose(-2, -1)).softmax(-1).mean(1)  # (B, P, P + N_patches)
+    h, w = vit.patch_embed.dynamic_feat_size(images.shape[-2:])
+    return weights[:, :, P:].reshape(B, P, h, w)

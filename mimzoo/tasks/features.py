@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..checkpoint import write_safetensors
 from ..errors import ConfigError
 
-POOLINGS = ("default", "cls", "cls_prenorm", "cls_avg", "cls_last4", "cls_avg_last4", "avg")
+POOLINGS = ("default", "cls", "cls_prenorm", "cls_avg", "cls_last4", "cls_avg_last4", "avg", "proxies")
 FORMAT = 1  # of the cached features; bump when what `extract` computes for the same key changes
 KEY = "mimzoo_features_key"  # the safetensors metadata entry holding the key (JSON)
 log = logging.getLogger("mimzoo")
@@ -34,7 +34,9 @@ def pooled(vit, images: torch.Tensor, pooling: str) -> torch.Tensor:
     final-normed patch tokens (CroCo, which has no cls token), 'default': what the model's own forward returns
     (its converter sets the pooling of the checkpoint's paper). MIM-Refiner's probe grid also uses 'cls_avg'
     ([cls, avg] after the final norm), 'cls_last4' (the raw cls tokens of the last 4 blocks, concatenated) and
-    'cls_avg_last4' ([cls, avg] of each of the last 4 raw block outputs)."""
+    'cls_avg_last4' ([cls, avg] of each of the last 4 raw block outputs). 'proxies': the mean of all prefix tokens
+    through the backbone's fc_norm, as its own average pooling is (SemanticMIM's `cls_token` feature: its P
+    proxies are equals, unlike a cls token and registers)."""
     check_pooling(pooling)
     if pooling == "default":
         return vit(images)
@@ -59,6 +61,10 @@ def pooled_from_tokens(vit, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
         if not vit.num_prefix_tokens:
             raise ConfigError("this backbone has no cls token: use pooling='avg'")
         return tokens[:, 0]
+    if pooling == "proxies":
+        if not vit.num_prefix_tokens:
+            raise ConfigError("this backbone has no prefix (proxy) tokens: use pooling='avg'")
+        return vit.fc_norm(tokens[:, :vit.num_prefix_tokens].mean(1))
     if pooling != "avg":
         raise ConfigError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
     return tokens[:, vit.num_prefix_tokens:].mean(1)
