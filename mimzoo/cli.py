@@ -60,9 +60,10 @@ def cmd_download(args) -> int:
 
     for name in args.names:
         if name.startswith("hf-hub:"):
-            path = hub_folder(name[len("hf-hub:"):], args.cache_dir, force=args.force)
+            path = hub_folder(name[len("hf-hub:"):], args.cache_dir, force=args.force, verify=args.verify)
         else:
-            path, _ = zoo.fetch(name, cache_dir=args.cache_dir, progress=not args.quiet, force=args.force)
+            path, _ = zoo.fetch(name, cache_dir=args.cache_dir, progress=not args.quiet, force=args.force,
+                                verify=args.verify)
         print(f"{name}: {path}")
     return 0
 
@@ -151,6 +152,9 @@ def zoo_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.add_argument("--force", action="store_true",
                    help="drop the cached copy (and any partial download) and download again")
+    d.add_argument("--verify", action="store_true",
+                   help="hash cached copies now (a load trusts a digest while the file's size and mtime are "
+                        "those recorded with it)")
     d.set_defaults(func=cmd_download)
     c = sub.add_parser("convert", help="upstream checkpoint -> mimzoo folder (config.json + model.safetensors)")
     c.add_argument("src", help="a local upstream checkpoint or a zoo name")

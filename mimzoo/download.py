@@ -1,13 +1,19 @@
 """Fetch a checkpoint file (Hugging Face Hub, plain URL or Google Drive) into the cache and return it verified.
 
+Hub files live in huggingface_hub's own cache; URL and Google Drive files in mimzoo's (`cache_dir()`), never inside
+the hub cache, where `hf cache scan` reports foreign folders as corrupted.
+
 Every returned file has been checked against a sha256: the pinned one when the registry has it, otherwise the one
-recorded in `<file>.sha256` when the file was first downloaded (so a file that changed on disk is caught). As no
+recorded in `<file>.sha256` when the file was first downloaded (so a file that changed on disk is caught). The
+sidecar also records the file's size and mtime at that check; while both are unchanged the recorded digest is
+trusted instead of hashing gigabytes on every load (`verify=True`, `mimzoo download --verify`, hashes anyway). As no
 upstream publishes digests, the first download is also checked for what it is: an HTML page is refused, and the
 caller's `validate` (for checkpoints: a complete, readable archive) must pass before the file takes its final name.
 `force=True` drops the cached copy and downloads again.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html.parser
 import http.client
@@ -52,43 +58,69 @@ class OfflineError(DownloadError):
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """mimzoo's own cache: `override`, else `$MIMZOO_CACHE`, else `$XDG_CACHE_HOME/mimzoo`, else `~/.cache/mimzoo`.
+    Hub files go to huggingface_hub's cache instead, unless `override` or `$MIMZOO_CACHE` names a folder."""
+    if override or os.environ.get("MIMZOO_CACHE"):
+        return Path(override or os.environ["MIMZOO_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mimzoo"
+
+
+def _legacy_cache() -> Path:
+    """Where earlier versions put URL and Google Drive files when MIMZOO_CACHE was unset: inside the hub cache."""
     # huggingface_hub.constants is read here, not imported by name, so tests and late configuration can patch it
-    return Path(override or os.environ.get("MIMZOO_CACHE") or huggingface_hub.constants.HF_HUB_CACHE).expanduser()
+    return Path(huggingface_hub.constants.HF_HUB_CACHE).expanduser()
 
 
 _cache_root = cache_dir  # fetch_source()'s cache_dir argument shadows the function
 
 
 def fetch_source(source: dict, *, sha256: str | None = None, cache_dir: str | os.PathLike | None = None,
-                 progress: bool = True, name: str | None = None, validate=None, force: bool = False) -> Path:
+                 progress: bool = True, name: str | None = None, validate=None, force: bool = False,
+                 verify: bool = False) -> Path:
     """A local, verified copy of `source`: {"hf": {"repo", "filename", "revision"}}, {"url": ...} or
     {"gdrive": {"id", "filename"?}}.
 
     Args:
         sha256: the pinned digest, when the registry has one.
+        cache_dir: one folder for every kind of file (default: see `cache_dir()`).
         name: the zoo name, only to make error messages actionable.
         validate: `validate(path)` raises (an `Error`) when a freshly downloaded file is not what it should be;
             the file is then deleted, never cached.
         force: forget the cached copy (and any partial download) and download again.
+        verify: hash the cached copy even when its recorded size and mtime say it is unchanged.
     """
-    root = _cache_root(cache_dir)
     kinds = [k for k in ("hf", "url", "gdrive") if k in source]
     if len(kinds) != 1 or len(source) != 1:
         raise ConfigError(f"a download source is exactly one of {{'hf': {{...}}}}, {{'url': ...}}, "
                          f"{{'gdrive': {{'id': ...}}}}; got {source!r}")
+    chosen = cache_dir or os.environ.get("MIMZOO_CACHE")
     if "hf" in source:
-        return _fetch_hf(source["hf"], root, sha256, progress, name, validate, force)
+        # Hub files share huggingface_hub's cache (HF_HUB_CACHE) with every other Hub library, unless the user
+        # named one folder for everything; None lets hf_hub_download pick it
+        root = _cache_root(chosen) if chosen else None
+        return _fetch_hf(source["hf"], root, sha256, progress, name, validate, force, verify)
     if "url" in source:
         url = source["url"]
         basename = urllib.parse.unquote(urllib.parse.urlparse(url).path.rsplit("/", 1)[-1])
         basename = "download" if basename in ("", ".", "..") else basename
-        final = root / "mimzoo-url" / _key(url) / basename
-        return _fetch_url(url, final, sha256, progress, name, validate=validate, force=force)
-    file_id = source["gdrive"]["id"]
-    base = os.environ.get("MIMZOO_GDRIVE_ENDPOINT", GDRIVE).rstrip("/")
-    url = f"{base}/download?" + urllib.parse.urlencode({"id": file_id, "export": "download"})
-    final = root / "mimzoo-url" / _key(f"gdrive:{file_id}") / source["gdrive"].get("filename", file_id)
-    return _fetch_url(url, final, sha256, progress, name, resolve=_gdrive_confirm, validate=validate, force=force)
+        rel, resolve = Path("mimzoo-url", _key(url), basename), None
+    else:
+        file_id = source["gdrive"]["id"]
+        base = os.environ.get("MIMZOO_GDRIVE_ENDPOINT", GDRIVE).rstrip("/")
+        url = f"{base}/download?" + urllib.parse.urlencode({"id": file_id, "export": "download"})
+        rel = Path("mimzoo-url", _key(f"gdrive:{file_id}"), source["gdrive"].get("filename", file_id))
+        resolve = _gdrive_confirm
+    final = _cache_root(chosen) / rel
+    # the old default location only matters where the default applies: a chosen folder was used as is before too
+    legacy = None if chosen or _legacy_cache() / rel == final else _legacy_cache() / rel
+    return _fetch_url(url, final, sha256, progress, name, resolve=resolve, validate=validate, force=force,
+                      legacy=legacy, verify=verify)
+
+
+def verify_file(path: str | os.PathLike, *, sha256: str | None = None, name: str | None = None) -> Path:
+    """Hash a cached file now and check it against `sha256` or the digest recorded beside it (what
+    `mimzoo download --verify` does); a mismatch raises `ChecksumError` and deletes the file."""
+    return _verified(Path(path), sha256, name, rehash=True)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -101,8 +133,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 # --- Hugging Face Hub ------------------------------------------------------------------------------------------
 
-def _fetch_hf(spec: dict, root: Path, sha256: str | None, progress: bool, name: str | None, validate=None,
-              force: bool = False) -> Path:
+def _fetch_hf(spec: dict, root: Path | None, sha256: str | None, progress: bool, name: str | None, validate=None,
+              force: bool = False, verify: bool = False) -> Path:
     repo, filename, revision = spec["repo"], spec["filename"], spec.get("revision") or "main"
     what = f"{filename} from the Hub repo {repo} (revision {revision})"
     offline = _offline()
@@ -115,7 +147,7 @@ def _fetch_hf(spec: dict, root: Path, sha256: str | None, progress: bool, name: 
             endpoint=os.environ.get("HF_ENDPOINT"), **quiet)
     except LocalEntryNotFoundError as e:  # a subclass of EntryNotFoundError, so it must come first
         if offline or isinstance(e.__cause__, OfflineModeIsEnabled):
-            raise _offline_error(what, root, name) from e
+            raise _offline_error(what, root or _legacy_cache(), name) from e
         if isinstance(e.__cause__, FileMetadataError):  # something answered, but it is not a Hub
             raise DownloadError(f"cannot download {what}: {e.__cause__}") from e
         endpoint = os.environ.get("HF_ENDPOINT") or huggingface_hub.constants.ENDPOINT
@@ -132,7 +164,7 @@ def _fetch_hf(spec: dict, root: Path, sha256: str | None, progress: bool, name: 
         _sidecar(path).unlink(missing_ok=True)  # the digest recorded for the copy that was just replaced
     if validate and not _sidecar(path).is_file():  # first time this file is seen: check what it is
         _validated(path, validate, what, name)
-    return _verified(path, sha256, name)
+    return _verified(path, sha256, name, verify)
 
 
 class _SilentTqdm(tqdm):
@@ -147,11 +179,15 @@ _HF_TQDM_CLASS = "tqdm_class" in inspect.signature(huggingface_hub.hf_hub_downlo
 # --- plain URLs (and Google Drive) -----------------------------------------------------------------------------
 
 def _fetch_url(url: str, final: Path, sha256: str | None, progress: bool, name: str | None, resolve=None,
-               validate=None, force: bool = False) -> Path:
+               validate=None, force: bool = False, legacy: Path | None = None, verify: bool = False) -> Path:
     if force and not _offline():
         forget(final)
+        if legacy is not None:
+            forget(legacy)  # else the old copy would be adopted in place of the new download
     if final.exists():
-        return _verified(final, sha256, name)
+        return _verified(final, sha256, name, verify)
+    if legacy is not None and legacy.exists() and (adopted := _adopt(legacy, final)) is not None:
+        return _verified(adopted, sha256, name, verify)
     if _offline():
         raise _offline_error(f"{final.name} from {url}", final, name)
     # two processes (e.g. DDP ranks calling mimzoo.load at once) must not append to the same .part;
@@ -161,9 +197,10 @@ def _fetch_url(url: str, final: Path, sha256: str | None, progress: bool, name: 
         folder.mkdir(parents=True, exist_ok=True)
     with FileLock(locks / f"{final.parent.name}.lock"):
         if final.exists():  # another process finished it while we waited
-            return _verified(final, sha256, name)
+            return _verified(final, sha256, name, verify)
         part = final.with_name(final.name + ".part")
         _download(url, part, progress, final.name, name, resolve)
+        stat = part.stat()  # before hashing: a change while hashing then shows as a changed mtime
         actual = sha256_file(part)
         if sha256 and actual != sha256.lower():
             part.unlink()
@@ -172,9 +209,46 @@ def _fetch_url(url: str, final: Path, sha256: str | None, progress: bool, name: 
                                   "(the upstream file may have been replaced)")
         if validate:
             _validated(part, validate, f"{final.name} from {url}", name)
-        # sidecar first: a crash before the rename leaves no final file, and a new download rewrites the sidecar
-        _write_atomic(_sidecar(final), f"{actual}  {final.name}\n")
+        # sidecar first: a crash before the rename leaves no final file, and a new download rewrites the sidecar;
+        # the rename keeps size and mtime, so the stat recorded for the .part holds for the final name
+        _write_sidecar(_sidecar(final), actual, final.name, stat)
         os.replace(part, final)
+    return final
+
+
+def _adopt(old: Path, final: Path) -> Path | None:
+    """Move a file that an older mimzoo cached inside the hub cache (see `_legacy_cache`) to `final`, with its
+    sidecar, instead of downloading it again. Where it cannot be moved (another file system, a read-only cache) it
+    is used where it is. None: it is gone (another process moved or deleted it)."""
+    locks = final.parent.parent / ".locks"
+    try:
+        for folder in (final.parent, locks):
+            folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(locks / f"{final.parent.name}.lock"):  # the lock of a download to `final`
+            if final.exists():  # another process moved it while we waited
+                return final
+            if not old.exists():
+                return None
+            # sidecar first: a crash in between leaves the file at `old`, and the next call moves it after its digest
+            if _sidecar(old).exists():
+                os.replace(_sidecar(old), _sidecar(final))
+            try:
+                os.replace(old, final)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.replace(_sidecar(final), _sidecar(old))
+                raise
+    except OSError:
+        return old if old.exists() else None
+    # emptied folders would stay in the hub cache as foreign entries; rmdir leaves a folder that still holds files
+    # (another cached file, a partial download); the lock guarded only this file's download there
+    locks = old.parent.parent / ".locks"
+    with contextlib.suppress(OSError):
+        old.parent.rmdir()  # a folder still holding other files stays, and so do the folders above it
+        (locks / f"{old.parent.name}.lock").unlink(missing_ok=True)
+        for folder in (locks, old.parent.parent):
+            if folder.is_dir():
+                folder.rmdir()
     return final
 
 
@@ -275,21 +349,56 @@ class _FormParser(html.parser.HTMLParser):
 
 # --- verification ----------------------------------------------------------------------------------------------
 
-def _verified(path: Path, sha256: str | None, name: str | None) -> Path:
+def _verified(path: Path, sha256: str | None, name: str | None, rehash: bool = False) -> Path:
     sidecar = _sidecar(path)
-    recorded = (sidecar.read_text().split() or [None])[0] if sidecar.is_file() else None
+    recorded, stamp = _read_sidecar(sidecar)
     expected = (sha256 or recorded or "").lower()
+    stat = path.stat()  # of the blob, for a Hub snapshot link; taken before hashing, as in _fetch_url
+    if not rehash and recorded and recorded == expected and _unchanged(stat, stamp):
+        return path  # these bytes were hashed when the stamp was written, and nothing has written to them since
     actual = sha256_file(path)
     if expected and actual != expected:
         why = ("it does not match the sha256 pinned in the registry" if sha256 else
                f"it changed on disk since it was downloaded (digest recorded in {sidecar})")
         raise _checksum_error(path, expected, actual, name, why)
-    if recorded != actual:  # first verification, or the registry pinned a new digest that the file matches
-        try:
-            _write_atomic(sidecar, f"{actual}  {path.name}\n")
-        except OSError:  # a read-only copied cache still serves its files, just without a recorded digest
-            pass
+    try:  # also when the digest is the same: the new stamp spares the next load this hash
+        _write_sidecar(sidecar, actual, path.name, stat)
+    except OSError:  # a read-only copied cache still serves its files, hashed on every load
+        pass
     return path
+
+
+# A sidecar is `sha256sum` output (`sha256sum -c` checks it; it skips '#' lines) plus the stat of the file when that
+# digest was computed:
+#     <sha256>  <file name>
+#     # mimzoo: size=<st_size> mtime_ns=<st_mtime_ns>
+# Sidecars of older versions have only the first line: their file is hashed once more, then stamped.
+_STAMP = re.compile(r"^# mimzoo: size=(\d+) mtime_ns=(-?\d+)$", re.M)
+
+
+def _write_sidecar(sidecar: Path, digest: str, filename: str, stat: os.stat_result) -> None:
+    _write_atomic(sidecar, f"{digest}  {filename}\n# mimzoo: size={stat.st_size} mtime_ns={stat.st_mtime_ns}\n")
+
+
+def _read_sidecar(sidecar: Path) -> tuple[str | None, tuple[int, int, int] | None]:
+    """(recorded digest, (size, mtime_ns, the sidecar's own mtime_ns) or None); (None, None) without a sidecar."""
+    if not sidecar.is_file():
+        return None, None
+    text = sidecar.read_text()
+    digest = (text.split() or [None])[0]
+    m = _STAMP.search(text)
+    stamp = (int(m.group(1)), int(m.group(2)), sidecar.stat().st_mtime_ns) if m else None
+    return (digest.lower() if digest else None), stamp
+
+
+def _unchanged(stat: os.stat_result, stamp: tuple[int, int, int] | None) -> bool:
+    if stamp is None:
+        return False
+    size, mtime_ns, written_ns = stamp
+    # mtimes advance in clock ticks (a few ms, or 1-2 s on some file systems): a write in the tick in which the
+    # stamp was taken would keep the recorded mtime, so a file as new as its sidecar is hashed again (git's "racy
+    # clean" rule); the re-written sidecar is then newer and the next load trusts it
+    return stat.st_size == size and stat.st_mtime_ns == mtime_ns and mtime_ns < written_ns
 
 
 def _validated(path: Path, validate, what: str, name: str | None) -> None:
@@ -380,6 +489,15 @@ def _int(value) -> int | None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    # a plain open() gives the file the mode of any file the user creates (umask); the pid keeps two processes
+    # (DDP ranks) from writing the same temporary file
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes reach the disk before the name: a crash leaves the old sidecar or the new
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()

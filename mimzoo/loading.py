@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, convert, zoo
+from . import checkpoint, convert, folders, zoo
 from .errors import ConfigError
 from .models import ViT, arch_config
 
@@ -90,25 +90,48 @@ def read(name_or_path: str | os.PathLike | Converted, *, format: str | None = No
     return Converted(config, state_dict, source)
 
 
-def hub_folder(spec: str, cache_dir: str | None = None, force: bool = False) -> Path:
-    """hf-hub:org/repo[@rev] -> a local folder holding config.json and model.safetensors."""
+def as_hub_repo(name_or_path):
+    """`org/repo[@revision]` that is neither a local path nor a zoo name -> `hf-hub:org/repo[@revision]`; anything
+    else unchanged."""
+    text = str(name_or_path)
+    if (isinstance(name_or_path, str) and re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", text)
+            and not Path(text).expanduser().exists() and text not in zoo.registry()):
+        return f"hf-hub:{text}"
+    return name_or_path
+
+
+def hub_folder(spec: str, cache_dir: str | None = None, force: bool = False, verify: bool = False) -> Path:
+    """hf-hub:org/repo[@rev] -> a local folder holding its config.json and weights: model.safetensors, or
+    pytorch_model.bin where a repo has only that (older transformers uploads). mimzoo, timm and transformers
+    repos all have this shape (see `mimzoo.folders`)."""
+    from huggingface_hub.errors import EntryNotFoundError
+
     from . import download
 
     repo, _, revision = spec.partition("@")
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
         raise ConfigError(f"expected hf-hub:org/repo[@revision], got hf-hub:{spec}")
-    checks = {checkpoint.CONFIG_FILE: checkpoint.check_config_file, checkpoint.WEIGHTS_FILE: checkpoint.check_complete}
-    files = [download.fetch_source({"hf": {"repo": repo, "filename": f, "revision": revision or "main"}},
-                                   cache_dir=cache_dir, name=f"hf-hub:{spec}", validate=check, force=force)
-             for f, check in checks.items()]
-    return files[0].parent
+
+    def fetch(filename: str, check) -> Path:
+        return download.fetch_source({"hf": {"repo": repo, "filename": filename, "revision": revision or "main"}},
+                                     cache_dir=cache_dir, name=f"hf-hub:{spec}", validate=check, force=force,
+                                     verify=verify)
+
+    config = fetch(checkpoint.CONFIG_FILE, checkpoint.check_config_file)
+    try:
+        fetch(folders.WEIGHTS[0], checkpoint.check_complete)
+    except download.DownloadError as e:
+        if not isinstance(e.__cause__, EntryNotFoundError):
+            raise
+        fetch(folders.WEIGHTS[1], checkpoint.check_complete)  # its own not-found error names the repo
+    return config.parent
 
 
 def read_file(path: str | os.PathLike, format: str | None = None, **hints) -> tuple[dict, dict]:
     """(config, state dict in mimzoo names) of a mimzoo folder, a Lightning checkpoint or an upstream file."""
     path = Path(path)
     if path.is_dir():
-        return checkpoint.read_folder(path)
+        return folders.read_folder(path, format=format, **hints)
     obj = checkpoint.read(path)
     if isinstance(obj, dict) and "pytorch-lightning_version" in obj:
         return _from_lightning(obj, path)

@@ -65,9 +65,10 @@ def entry(name: str) -> dict:
 
 
 def fetch(name: str, *, cache_dir: str | None = None, progress: bool = True,
-          force: bool = False) -> tuple[Path, dict]:
+          force: bool = False, verify: bool = False) -> tuple[Path, dict]:
     """Download (or find in the cache) the file of a zoo entry, verified; returns (path, entry). A fresh download
-    must be a complete weight file (`checkpoint.check_complete`) before it is cached; `force` downloads again."""
+    must be a complete weight file (`checkpoint.check_complete`) before it is cached; `force` downloads again;
+    `verify` hashes a cached copy even when its size and mtime are those recorded with its digest."""
     from . import checkpoint, download
 
     e = entry(name)
@@ -75,5 +76,6 @@ def fetch(name: str, *, cache_dir: str | None = None, progress: bool = True,
         raise download.DownloadError(
             f"{name!r} has no public download ({e.get('notes', 'never released upstream')}).")
     path = download.fetch_source(e["source"], sha256=e.get("sha256"), cache_dir=cache_dir, progress=progress,
-                                 name=name, validate=checkpoint.check_complete, force=force)
+                                 name=name, validate=checkpoint.check_complete, force=force,
+                                 verify=verify)
     return path, e

@@ -38,9 +38,13 @@ def url_final(cache, url):
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):
+    """mimzoo's own cache is never inside the hub cache, where `hf cache scan` would report its folders."""
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.delenv("MIMZOO_CACHE")
-    assert download.cache_dir() == tmp_path / "hf"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert download.cache_dir() == tmp_path / "xdg" / "mimzoo"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert download.cache_dir() == download.Path("~/.cache/mimzoo").expanduser()
     monkeypatch.setenv("MIMZOO_CACHE", str(tmp_path / "mz"))
     assert download.cache_dir() == tmp_path / "mz"
     assert download.cache_dir(tmp_path / "arg") == tmp_path / "arg"
@@ -221,3 +225,79 @@ def test_source_must_be_exactly_one_kind(tmp_path):
     for bad in ({}, {"url": "http://x/a", "gdrive": {"id": "1"}}, {"s3": "bucket/key"}):
         with pytest.raises(ValueError, match="exactly one of"):
             fetch_source(bad, cache_dir=tmp_path)
+
+
+def _same_size_corruption(path):
+    """Change the bytes but neither the size nor the mtime: what only a hash can see."""
+    stat = path.stat()
+    path.write_bytes(bytes([path.read_bytes()[0] ^ 1]) + path.read_bytes()[1:])
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_verified_file_is_trusted_until_its_size_or_mtime_changes(host, tmp_path):
+    """The sidecar records size and mtime with the digest: an unchanged file is not hashed again on every load
+    (a ViT-H is 2.5 GB), a touched one is, and `verify=True` (`mimzoo download --verify`) hashes anyway."""
+    url = f"{host.url}/ckpt/mae_tiny.pth"
+    path = fetch_source({"url": url}, cache_dir=tmp_path, progress=False)
+    sidecar = path.with_name(path.name + ".sha256").read_text()
+    assert f"size={len(DATA)} mtime_ns={path.stat().st_mtime_ns}" in sidecar
+    time.sleep(0.01)  # the stamp is trusted only once the file is older than its sidecar (racy-clean rule)
+    fetch_source({"url": url}, cache_dir=tmp_path, progress=False)
+    _same_size_corruption(path)
+    # size and mtime as recorded: trusted without hashing, so the silent corruption is not seen...
+    assert fetch_source({"url": url}, cache_dir=tmp_path, progress=False) == path
+    # ...until it is verified on demand, which deletes the bad copy
+    with pytest.raises(ChecksumError, match="changed on disk"):
+        fetch_source({"url": url}, cache_dir=tmp_path, progress=False, verify=True)
+    assert not path.exists()
+    path = fetch_source({"url": url}, cache_dir=tmp_path, progress=False)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched (same bytes): hashed, then re-stamped
+    assert fetch_source({"url": url}, cache_dir=tmp_path, progress=False).read_bytes() == DATA
+    assert f"mtime_ns={path.stat().st_mtime_ns}" in path.with_name(path.name + ".sha256").read_text()
+    path.write_bytes(DATA[:-1] + b"\1")  # a real write moves the mtime: caught without verify
+    with pytest.raises(ChecksumError):
+        fetch_source({"url": url}, cache_dir=tmp_path, progress=False)
+
+
+def test_old_sidecars_without_a_stamp_are_hashed_once_then_stamped(host, tmp_path):
+    url = f"{host.url}/ckpt/mae_tiny.pth"
+    path = fetch_source({"url": url}, cache_dir=tmp_path, progress=False)
+    sidecar = path.with_name(path.name + ".sha256")
+    sidecar.write_text(f"{DIGEST}  {path.name}\n")  # what earlier versions wrote (and `sha256sum` reads)
+    _same_size_corruption(path)
+    with pytest.raises(ChecksumError):  # no stamp: hashed
+        fetch_source({"url": url}, cache_dir=tmp_path, progress=False)
+
+
+def test_url_files_cached_in_the_hub_cache_by_older_versions_are_moved_out(host, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("MIMZOO_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    url = f"{host.url}/ckpt/mae_tiny.pth"
+    old = url_final(tmp_path / "hf", url)
+    old.parent.mkdir(parents=True)
+    old.write_bytes(DATA)
+    old.with_name(old.name + ".sha256").write_text(f"{DIGEST}  {old.name}\n")
+    path = fetch_source({"url": url}, progress=False)
+    assert path == url_final(tmp_path / "xdg" / "mimzoo", url) and path.read_bytes() == DATA
+    assert host.log == [] and not (tmp_path / "hf" / "mimzoo-url").exists()  # moved, nothing downloaded
+
+
+def test_download_verify_from_the_cli(tmp_path, monkeypatch, capsys):
+    import torch
+    from safetensors.torch import save
+
+    from mimzoo.cli import main
+
+    weights = save({"w": torch.arange(1000.0)})
+    with HubServer({(REPO, "config.json"): b'{"depth": 2}', (REPO, "model.safetensors"): weights}) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        assert main(["download", f"hf-hub:{REPO}", "--cache-dir", str(tmp_path), "--quiet"]) == 0
+        path = next((tmp_path / "models--acme--mae-tiny" / "snapshots").glob("*/model.safetensors"))
+        time.sleep(0.01)
+        _same_size_corruption(path.resolve())
+        assert main(["download", f"hf-hub:{REPO}", "--cache-dir", str(tmp_path), "--quiet"]) == 0  # trusted
+        capsys.readouterr()
+        assert main(["download", f"hf-hub:{REPO}", "--cache-dir", str(tmp_path), "--verify", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "changed on disk" in err[0] and "Traceback" not in err[0]

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from . import croco, data2vec2, mae, mim_refiner, mimic, semanticmim, siameseim
+from . import croco, data2vec2, mae, mim_refiner, mimic, semanticmim, siameseim, transformers_vitmae
 from .keys import ConversionError
 
 # Most specific first: MIMIC, SiameseIM and timm/MAE share MAE's encoder keys.
-FORMATS = {m.NAME: m for m in (semanticmim, data2vec2, mim_refiner, croco, mimic, siameseim, mae)}
+FORMATS = {m.NAME: m for m in (semanticmim, transformers_vitmae, data2vec2, mim_refiner, croco, mimic, siameseim, mae)}
 
 __all__ = ["FORMATS", "ConversionError", "UnsupportedCheckpointError", "unwrap", "detect", "convert"]
 

@@ -342,8 +342,9 @@ class Method(L.LightningModule):
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **overrides) -> Method:
         """This method from any file that holds it (a folder, a Lightning checkpoint, a zoo name, an upstream
-        file, `hf-hub:`), strictly loaded."""
-        converted = loading.read(name_or_path)
+        file, `hf-hub:` or a bare Hub repo id `org/repo[@revision]`, as huggingface_hub users write it), strictly
+        loaded."""
+        converted = loading.read(loading.as_hub_repo(name_or_path))
         held = converted.config.get("method")
         if held != cls.name and converted.config.get("class_path", "").rpartition(".")[2] != cls.__name__:
             raise ConfigError(f"{name_or_path} holds a {held!r} model, not {cls.name!r} ({cls.__name__}); "

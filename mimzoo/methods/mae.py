@@ -69,12 +69,12 @@ class MAE(ReconstructionPictures, Method):
         vit = self.init_backbone(backbone, backbone_kwargs, weights, hints={"decoder_num_heads": decoder_num_heads})
         self.init_optim(optim)
         dec = self.file_part("decoder", "mae", embed_dim=(decoder_embed_dim, 512), depth=(decoder_depth, 8),
-                             num_heads=(decoder_num_heads, 16), mlp_ratio=(None, 4.0))
+                             num_heads=(decoder_num_heads, 16), mlp_ratio=(None, 4.0), norm_eps=(None, 1e-6))
         self.norm_pix_loss = self.file_fact("norm_pix_loss", norm_pix_loss, True)
         p = vit.patch_embed.patch_size[0]
         self.decoder = MAEDecoder(vit.embed_dim, vit.num_patches, vit.grid_size, p * p * 3, dec["embed_dim"],
                                   dec["depth"], dec["num_heads"], dec["mlp_ratio"],
-                                  num_prefix_tokens=vit.num_prefix_tokens)
+                                  num_prefix_tokens=vit.num_prefix_tokens, norm_eps=dec["norm_eps"])
         self.views = MAEViews(size=image_size, scale=tuple(crop_scale), mean=vit.data_config["mean"],
                               std=vit.data_config["std"])
         self._step = torch.compile(self._forward) if compile else self._forward
@@ -86,7 +86,8 @@ class MAE(ReconstructionPictures, Method):
             raise ConfigError("this MAE checkpoint holds the encoder only (the released mae_pretrain_vit_* files): "
                               "load it with model='backbone', start training from it with MAE(weights=...), or use "
                               "the *_full / *_visualize zoo entries for the decoder")
-        return super().converted_kwargs(config)
+        ratio = config.get("mask_ratio")  # a transformers config records the ratio it was trained with
+        return {**super().converted_kwargs(config), **({"mask_ratio": ratio} if ratio is not None else {})}
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None,
                 mask_ratio: float | None = None) -> MAEOutput:

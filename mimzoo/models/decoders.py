@@ -37,7 +37,7 @@ class MAEDecoder(nn.Module):
         super().__init__()
         # what a checkpoint records of this part, so that a method starting from the file rebuilds it
         self.part_config = {"kind": "mae", "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads,
-                            "mlp_ratio": mlp_ratio}
+                            "mlp_ratio": mlp_ratio, "norm_eps": norm_eps}
         self.num_prefix_tokens = num_prefix_tokens
         self.embed = nn.Linear(in_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))

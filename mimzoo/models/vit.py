@@ -75,6 +75,9 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
     reg_tokens: extra prefix tokens after the cls token (SemanticMIM's proxies beyond the first, with position rows
         of their own when pos_embed_prefix); init_values: layer scale (BEiT-style blocks), None = none.
 
+    mean, std, crop_pct, interpolation: the preprocessing the weights expect (`data_config`, timm's
+        `pretrained_cfg` fields).
+
     Inputs of another size than `img_size` (with `dynamic_img_size`) get the absolute table resampled bicubically,
     antialiased when shrinking as timm does; a method that must match upstream's plain `F.interpolate` (MIM-Refiner's
     local views) sets `pos_resample_antialias = False` on its instance.
@@ -110,6 +113,8 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
         dynamic_img_size: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        crop_pct: float = 0.875,
+        interpolation: str = "bicubic",
     ):
         if pos_embed not in ("sincos", "learn", "rope", "none"):
             raise ConfigError(f"pos_embed must be one of sincos, learn, rope, none; got {pos_embed!r}")
@@ -134,7 +139,7 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
         self.rope_base = rope_base
         self.data_config = {
             "input_size": (in_chans, img_size, img_size), "mean": tuple(mean), "std": tuple(std),
-            "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center",
+            "interpolation": interpolation, "crop_pct": crop_pct, "crop_mode": "center",
         }
         if embed_norm:  # set here: timm's pre_norm would also drop the patch-embed bias, which data2vec 2.0 has
             self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps)
