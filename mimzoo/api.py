@@ -6,7 +6,7 @@ import os
 
 from torch import nn
 
-from . import loading
+from . import cards, loading
 from .errors import ConfigError
 from .methods import pretrainer
 from .zoo import list_models
@@ -40,6 +40,7 @@ def load(name_or_path: str | os.PathLike, *, model: str = "backbone", format: st
         raise ConfigError(f"unknown override(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     hints = {k: overrides.pop(k) for k in loading.HINTS & set(overrides)}
     converted = loading.read(name_or_path, format=format, cache_dir=cache_dir, progress=progress, **hints)
-    if model == "pretrainer":
-        return pretrainer(converted, **overrides)
-    return loading.backbone(converted, **overrides)
+    built = pretrainer(converted, **overrides) if model == "pretrainer" else loading.backbone(converted, **overrides)
+    # where the weights came from travels into every folder saved from them (licence, source: `mimzoo.cards`)
+    built.provenance = cards.provenance(converted.config, converted.source)
+    return built

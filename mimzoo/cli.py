@@ -1,7 +1,7 @@
 """The `mimzoo` command.
 
 fit / validate / test / predict go to LightningCLI (any mimzoo method by class path, configs from recipes/);
-the zoo commands (models, download, convert) are plain argparse sub-commands.
+the zoo commands (models, download, convert, export) are plain argparse sub-commands.
 """
 from __future__ import annotations
 
@@ -68,14 +68,27 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    dst = export(args.src, args.to, args.dst, cache_dir=args.cache_dir)
+    how = ({"timm": f"timm.create_model('local-dir:{dst}', pretrained=True)",
+            "transformers": f"transformers' from_pretrained({str(dst)!r})"})[args.to]
+    print(f"wrote {dst} ({', '.join(sorted(p.name for p in dst.iterdir()))}); load it with {how}")
+    return 0
+
+
 def cmd_convert(args) -> int:
-    from . import checkpoint, loading
+    from . import cards, checkpoint, loading
 
     converted = loading.read(args.src, format=args.format, cache_dir=args.cache_dir, num_heads=args.num_heads,
                              decoder_num_heads=args.decoder_num_heads)
     loading.backbone(converted)  # proves the weights build a backbone before anything is written
     config = {**converted.config, "source_format": converted.config.get("format")}
+    config["provenance"] = cards.provenance(converted.config, converted.source)
     dst = checkpoint.write_folder(args.dst, config, converted.state_dict)
+    cards.write_folder_card(dst, config, what=f"{args.src} converted from its {config['source_format']} format to a "
+                            f"mimzoo folder (`mimzoo convert`).")
     print(f"wrote {dst}/config.json and {dst}/model.safetensors ({len(converted.state_dict)} tensors, "
           f"{config['source_format']} -> mimzoo); load it with mimzoo.load({str(dst)!r})")
     return 0
@@ -164,6 +177,14 @@ def zoo_parser() -> argparse.ArgumentParser:
     c.add_argument("--decoder-num-heads", type=int, default=None)
     c.add_argument("--cache-dir", default=None)
     c.set_defaults(func=cmd_convert)
+    x = sub.add_parser("export", help="mimzoo weights -> a timm or transformers folder that library loads")
+    x.add_argument("src", help="a zoo name, a file or folder in any format mimzoo reads, or hf-hub:org/repo")
+    x.add_argument("--to", required=True, choices=("timm", "transformers"),
+                   help="timm: timm.create_model('local-dir:DIR', pretrained=True); transformers: "
+                        "ViTMAEForPreTraining / ViTMAEModel.from_pretrained(DIR)")
+    x.add_argument("dst", help="output folder")
+    x.add_argument("--cache-dir", default=None)
+    x.set_defaults(func=cmd_export)
     k = sub.add_parser("curate", help="MIMIC pair curation: videos / frame folders -> pair shards; "
                                       "`mimzoo curate show OUT [INDEX] --png pair.png` draws a pair")
     k.add_argument("inputs", nargs="+", help="videos, folders of frames or of videos, list files (.txt)")
@@ -238,6 +259,19 @@ def zoo_parser() -> argparse.ArgumentParser:
     few.add_argument("--preprocess-test", action="store_true",
                      help="centre + L2-normalise the test features too (MSN's script; MIM-Refiner does not)")
     pr.set_defaults(func=cmd_probe)
+    from .reconstruct import cmd_reconstruct  # torch-free import: the parser stays quick
+
+    r = sub.add_parser("reconstruct", help="what a pretrainer (MAE, CroCo, MIMIC) fills in on your images: one row "
+                                           "per image, original | masked | reconstruction | pasted")
+    r.add_argument("images", nargs="+", help="image files (any format PIL reads)")
+    r.add_argument("--model", required=True, help="zoo name, checkpoint file or folder of a pretrainer")
+    r.add_argument("--out", default="reconstruction.png", help="the picture to write (.png, .jpg)")
+    r.add_argument("--reference", action="append", default=None, metavar="IMAGE",
+                   help="CroCo / MIMIC: the second view (once for all images, or repeated: one per image)")
+    r.add_argument("--mask-ratio", type=float, default=None, help="fraction of patches removed (the model's own)")
+    r.add_argument("--seed", type=int, default=0, help="the masks' seed")
+    r.add_argument("--size", type=int, default=None, help="input size (default the model's; resamples positions)")
+    r.set_defaults(func=cmd_reconstruct)
     for name in LIGHTNING:
         sub.add_parser(name, help=f"LightningCLI {name}: mimzoo {name} -c recipes/...yaml", add_help=False)
     return p
@@ -312,6 +346,27 @@ def environment_error_line(e: OSError) -> str | None:
             f"(--trainer.default_root_dir, MIMZOO_CACHE for downloads and sample data, --out / --cache)")
 
 
+# optional packages with a mimzoo extra, and import names whose pip name differs
+EXTRAS = {"ray": "ray", "tensorboard": "tensorboard", "tensorboardX": "tensorboard"}
+PIP_NAMES = {"sklearn": "scikit-learn", "cv2": "opencv-python-headless", "PIL": "pillow", "yaml": "pyyaml",
+             "skimage": "scikit-image"}
+
+
+def missing_dependency_line(e: ModuleNotFoundError) -> str | None:
+    """A package a recipe or an option needs but that is not installed (a logger's backend, Ray, ...) as one line
+    with the install command; None for a module of mimzoo itself (a bug shows its traceback)."""
+    import re
+
+    name = (e.name or "").split(".")[0]
+    if not name:  # Lightning's own checks: "Requirement 'wandb>=0.12.10' not met", "Neither `tensorboard` nor ..."
+        found = re.search(r"Requirement '([A-Za-z0-9_.-]+)|`(\w+)`", str(e))
+        name = next((g for g in found.groups() if g), "") if found else ""
+    if not name or name == __package__:
+        return None
+    install = f"pip install 'mimzoo[{EXTRAS[name]}]'" if name in EXTRAS else f"pip install {PIP_NAMES.get(name, name)}"
+    return f"this needs the package {name!r}, which is not installed: {install}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in LIGHTNING else None
@@ -326,6 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e)
     except argparse.ArgumentError as e:  # a misspelt option or a wrong value in a config
         message = f"{parser_error_line(str(e))} (mimzoo {command} --help lists the options)"
+    except (ModuleNotFoundError, ValueError) as e:  # jsonargparse wraps a logger's missing package in ValueErrors
+        cause = e
+        while cause is not None and not isinstance(cause, ModuleNotFoundError):
+            cause = cause.__cause__ or cause.__context__
+        message = missing_dependency_line(cause) if cause is not None else None
+        if message is None:
+            raise
     except OSError as e:
         message = environment_error_line(e)
         if message is None:

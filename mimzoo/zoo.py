@@ -37,6 +37,13 @@ def _registry(extra: str) -> dict[str, dict]:
     return models
 
 
+@functools.lru_cache(maxsize=1)
+def families() -> dict[str, dict]:
+    """The built-in families (paper, repo, licence, notes), keyed as the entries' `method`."""
+    with open(REGISTRY_FILE) as f:
+        return yaml.safe_load(f).get("families") or {}
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Names in checkpoints.yaml matching a shell-style pattern, sorted."""
     return sorted(n for n in registry() if fnmatch.fnmatch(n, pattern))

@@ -67,5 +67,5 @@ def test_examples_run(doc, mirror, parity_dir, tmp_path, monkeypatch):
     namespace = placeholders(tmp_path, parity_dir)
     for block in BLOCKS[doc]:
         code = block.replace("path/to/any/upstream_checkpoint.pth",
-                             str(parity_dir / "croco" / "checkpoint.pth"))
+                             str(parity_dir / "croco" / "checkpoint.pth")).replace("path/to/mimzoo", str(ROOT))
         exec(compile(code, doc, "exec"), namespace)

@@ -82,6 +82,30 @@ def test_a_users_mistake_is_one_line(tmp_path, capsys, case):
     assert not any("Traceback" in line or line.startswith("usage:") for line in err), err
 
 
+def test_a_logger_whose_package_is_missing_is_one_line_with_the_install_command(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb"):
+        pytest.skip("wandb is installed here")
+    assert _fit(tmp_path, "--trainer.logger", "lightning.pytorch.loggers.WandbLogger") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mimzoo fit: error: this needs the package 'wandb', which is not installed: pip install wandb"]
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch):
+    import sys
+
+    from mimzoo.cli import missing_dependency_line
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` does where Ray is not installed
+    with pytest.raises(ModuleNotFoundError) as e:
+        import ray  # noqa: F401
+    assert missing_dependency_line(e.value).endswith("pip install 'mimzoo[ray]'")
+    assert missing_dependency_line(ModuleNotFoundError("No module named 'sklearn'", name="sklearn")).endswith(
+        "pip install scikit-learn")
+    assert missing_dependency_line(ModuleNotFoundError("x", name="mimzoo.nope")) is None  # our bug: a traceback
+
+
 @pytest.mark.slow
 def test_a_read_only_cache_is_one_line(tmp_path, small_filesystem, monkeypatch, capsys):
     import subprocess

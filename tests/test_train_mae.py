@@ -86,3 +86,29 @@ def test_a_checkpoint_never_chooses_code_to_import():
 
     with pytest.raises(UnknownNameError, match="no such method"):
         pretrainer(Converted({"class_path": "os.system", "method": "system", "backbone": {}}, {}))
+
+
+def test_pictures_also_go_to_tensorboard(photos, tmp_path):
+    """The validation picture reaches a TensorBoard logger as an image, tagged by its folder, at the global step,
+    with the pixels of the PNG beside it."""
+    pytest.importorskip("tensorboard")
+    import io
+
+    import numpy as np
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_progress_bar=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(tiny_mae(blr=1e-3), loader(photos, repeats=2), val_dataloaders=torch.utils.data.DataLoader(
+        [{"image": p} for p in photos[:4]], batch_size=4))
+    logger.experiment.flush()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
+    (image,) = events.Images("reconstructions")
+    assert image.step == trainer.global_step == 1  # 16 photos, batch 16: one optimizer step
+    logged = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"), dtype=np.int16)
+    saved = np.asarray(Image.open(tmp_path / "reconstructions" / "epoch_0000.png").convert("RGB"), dtype=np.int16)
+    assert logged.shape == saved.shape == (2 + 4 * 130, 2 + 4 * 130, 3)  # 4 rows x 4 panels of 128 px + padding
+    assert np.abs(logged - saved).max() <= 1  # TensorBoard truncates to uint8 where the PNG rounds

@@ -97,3 +97,74 @@ def convert(sd: dict, meta: dict | None = None, num_heads: int | None = None,
     config.update(format=NAME, norm_pix_loss=hf.get("norm_pix_loss"), mask_ratio=hf.get("mask_ratio"),
                   source_config={k: hf[k] for k in ("architectures", "transformers_version") if k in hf})
     return config, out
+
+
+# -- the other way: mimzoo -> transformers (`mimzoo export --to transformers`) ------------------------------------
+# mimzoo's per-block names -> the released files' (transformers 4 / `facebook/vit-mae-*`), which every version reads
+TO_LAYER = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+            "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+FROM_MAE = {mae_name: hf_name for hf_name, mae_name in TOP.items()}  # MAE layout -> the un-prefixed HF name
+
+
+def _blocks(sd: dict, prefix: str, out: dict, where: str) -> None:
+    for key, value in sd.items():
+        m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias)", key)
+        if m is None:
+            continue
+        i, name, kind = m.groups()
+        if name == "attn.qkv":
+            for part, chunk in zip(("query", "key", "value"), value.chunk(3)):
+                out[f"{prefix}.{i}.attention.attention.{part}.{kind}"] = chunk.clone()
+        elif name in TO_LAYER:
+            out[f"{prefix}.{i}.{TO_LAYER[name]}.{kind}"] = value
+        else:
+            raise ConversionError(f"{where} key {key} has no ViTMAE counterpart")
+
+
+def to_transformers(backbone: dict, sd: dict, decoder: dict | None = None, decoder_sd: dict | None = None, *,
+                    mask_ratio: float = 0.75, norm_pix_loss: bool = False) -> tuple[dict, dict]:
+    """(config.json, state dict) of a transformers ViTMAE for a mimzoo backbone (config, tensors) and optionally
+    an MAE decoder: `ViTMAEForPreTraining` with a decoder, `ViTMAEModel` (keys without `vit.`) without one.
+    ConversionError names whatever ViTMAE cannot hold."""
+    eps = backbone.get("norm_eps", 1e-6)
+    rules = {
+        "a cls token": backbone.get("class_token", True), "no register/proxy tokens": not backbone.get("reg_tokens"),
+        "fixed sin-cos or learned positions with a cls row": backbone.get("pos_embed", "sincos") in ("sincos", "learn")
+        and backbone.get("pos_embed_prefix", True),
+        "pre-norm blocks": backbone.get("block", "prenorm") == "prenorm" and not backbone.get("embed_norm"),
+        "q/k/v biases": backbone.get("qkv_bias", True), "no layer scale": backbone.get("init_values") is None,
+        "a final norm": backbone.get("final_norm", True) and not backbone.get("fc_norm"),
+        "no classifier": not backbone.get("num_classes"),
+        "an MAE decoder with the encoder's LayerNorm eps": decoder is None or (
+            decoder.get("kind", "mae") == "mae" and decoder.get("norm_eps", 1e-6) == eps),
+    }
+    lacking = [rule for rule, ok in rules.items() if not ok]
+    if lacking:
+        raise ConversionError(f"transformers' ViTMAE needs {', '.join(lacking)}; this model does not have it "
+                              f"(export it with --to timm, or keep it in mimzoo's format)")
+    width, patch = backbone.get("embed_dim", 768), backbone.get("patch_size", 16)
+    out = {f"vit.{FROM_MAE[k]}": v for k, v in sd.items() if k in FROM_MAE}  # the encoder's keys are MAE's
+    _blocks(sd, "vit.encoder.layer", out, "backbone")
+    config = {
+        "architectures": ["ViTMAEForPreTraining" if decoder else "ViTMAEModel"], "model_type": "vit_mae",
+        "hidden_size": width, "num_hidden_layers": backbone.get("depth", 12),
+        "num_attention_heads": backbone.get("num_heads", 12),
+        "intermediate_size": int(width * backbone.get("mlp_ratio", 4.0)), "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": 0.02,
+        "layer_norm_eps": eps, "image_size": backbone.get("img_size", 224), "patch_size": patch,
+        "num_channels": backbone.get("in_chans", 3), "qkv_bias": True, "mask_ratio": mask_ratio,
+        "norm_pix_loss": norm_pix_loss,
+    }
+    if decoder:
+        for key, value in decoder_sd.items():
+            if not key.startswith("blocks."):  # MAEDecoder's `embed.weight` is MAE's `decoder_embed.weight`, ...
+                out[FROM_MAE.get(key if key == "mask_token" else f"decoder_{key}")] = value
+        _blocks(decoder_sd, "decoder.decoder_layers", out, "decoder")
+        config.update(decoder_hidden_size=decoder["embed_dim"], decoder_num_hidden_layers=decoder["depth"],
+                      decoder_num_attention_heads=decoder["num_heads"],
+                      decoder_intermediate_size=int(decoder["embed_dim"] * decoder.get("mlp_ratio", 4.0)))
+    else:
+        out = {k[len("vit."):]: v for k, v in out.items()}
+    if None in out:
+        raise ConversionError("a decoder key has no ViTMAE counterpart")
+    return config, out

@@ -114,7 +114,9 @@ class ImageDataModule(BaseDataModule):
     """data: "sample" (the scikit-image photos), an image folder, or WebDataset shards ("shards-{000..099}.tar").
     val_data: a folder or shards; default: "sample" holds out every 4th photo, a folder every `val_every`-th file.
     size: the square size images are decoded to (the views crop from it). repeats: an epoch passes over the
-    training set this many times (the sample set is small)."""
+    training set this many times (the sample set is small). Shards: every process and loader worker reads its own
+    whole shards, and an epoch is the same number of full batches on each (`shards.train_epoch`); epoch_size:
+    images per epoch, all processes together (default: one pass, counted)."""
 
     def __init__(self, data: str = "sample", val_data: str | None = None, size: int = 256, batch_size: int = 64,
                  num_workers: int = 2, repeats: int = 1, val_every: int = 50, seed: int = 0,
@@ -141,7 +143,7 @@ class ImageDataModule(BaseDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         if is_shards(hp.data):
-            return shard_loader(hp.data, hp.size, hp.batch_size, hp.shuffle_buffer, hp.epoch_size,
+            return shard_loader(hp.data, hp.size, hp.batch_size, hp.shuffle_buffer, hp.epoch_size, train=True,
                                 **self.loader_kwargs())
         return self.resumable_loader(ImageFolderDataset(self.train_files, hp.size, repeats=hp.repeats))
 
@@ -150,6 +152,6 @@ class ImageDataModule(BaseDataModule):
         if is_shards(hp.data):
             if hp.val_data is None:
                 return []
-            return shard_loader(hp.val_data, hp.size, hp.batch_size, 0, None, **self.loader_kwargs())
+            return shard_loader(hp.val_data, hp.size, hp.batch_size, **self.loader_kwargs())
         return DataLoader(ImageFolderDataset(self.val_files, hp.size), batch_size=hp.batch_size, shuffle=False,
                           **self.loader_kwargs())

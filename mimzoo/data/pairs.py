@@ -15,7 +15,7 @@ from ..errors import ConfigError, NotFoundError
 from .datamodule import BaseDataModule
 from .folder import report_corrupt
 from .images import IMAGE_EXTENSIONS, CorruptImageError, decode_image
-from .shards import is_shards, jpeg, pair_shards
+from .shards import is_shards, jpeg, shard_loader
 
 
 # -- sources --------------------------------------------------------------------------------------------------------
@@ -133,11 +133,13 @@ class PairDataModule(BaseDataModule):
     """data: "sample" (built-in pairs), pair shards ("pairs-{000..009}.tar", what `mimzoo curate` writes), a folder
     (MIMIC's released layout or plain pair folders) or MIMIC's CSV index. Batches {"image", "image2", "index"} as
     uint8; the method's pair views augment them on the device. Folder and CSV sources resume mid-epoch exactly;
-    shard streams restart their shuffle."""
+    shard streams restart their shuffle. Shards: every process and loader worker reads its own whole shards, and
+    an epoch is the same number of full batches on each (`shards.train_epoch`); epoch_size: pairs per epoch, all
+    processes together (default: one pass, counted from curation's records)."""
 
     def __init__(self, data: str = "sample", val_data: str | None = None, csv_base: str | None = None,
                  size: int = 224, batch_size: int = 64, num_workers: int = 2, repeats: int = 1, val_every: int = 50,
-                 seed: int = 0, pin_memory: bool = True, shuffle_buffer: int = 2000):
+                 seed: int = 0, pin_memory: bool = True, shuffle_buffer: int = 2000, epoch_size: int | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.batch_size = batch_size
@@ -162,8 +164,8 @@ class PairDataModule(BaseDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         if is_shards(hp.data):
-            kwargs = {k: v for k, v in self.loader_kwargs().items() if k != "persistent_workers"}
-            return DataLoader(pair_shards(hp.data, hp.size, hp.shuffle_buffer), batch_size=hp.batch_size, **kwargs)
+            return shard_loader(hp.data, hp.size, hp.batch_size, hp.shuffle_buffer, hp.epoch_size, pairs=True,
+                                train=True, **self.loader_kwargs())
         return self.resumable_loader(PairDataset(self.train_pairs * hp.repeats, hp.size))
 
     def val_dataloader(self) -> DataLoader:
@@ -171,6 +173,5 @@ class PairDataModule(BaseDataModule):
         if is_shards(hp.data):
             if not hp.val_data:
                 return []
-            kwargs = {k: v for k, v in self.loader_kwargs().items() if k != "persistent_workers"}
-            return DataLoader(pair_shards(hp.val_data, hp.size), batch_size=hp.batch_size, **kwargs)
+            return shard_loader(hp.val_data, hp.size, hp.batch_size, pairs=True, **self.loader_kwargs())
         return DataLoader(PairDataset(self.val_pairs, hp.size), batch_size=hp.batch_size, **self.loader_kwargs())

@@ -37,6 +37,9 @@ def method_for(config: dict) -> type[Method]:
     legacy = str(config.get("class_path", "")).rpartition(".")[2]
     if legacy in by_class:
         return by_class[legacy]
+    if name is None:  # a backbone's own file (ViT.save_pretrained, timm, an encoder-only release)
+        raise UnknownNameError("model='pretrainer' needs a file that holds a method; this one holds a backbone only "
+                               "(no decoder or heads): model='backbone' loads it")
     raise UnknownNameError(
         f"model='pretrainer' is not available for {name!r} checkpoints: mimzoo has no such method yet (it has "
         f"{', '.join(METHODS)}); model='backbone' loads the encoder")

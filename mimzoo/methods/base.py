@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from .. import loading
+from .. import cards, loading
 from ..checkpoint import load_strict, write_folder
 from ..errors import ConfigError
 from ..loading import Converted
@@ -131,6 +131,7 @@ class Method(L.LightningModule):
         if self.weights_file is None:
             return
         self.weights_source = str(self.weights_file.source)
+        self.provenance = cards.provenance(self.weights_file.config, self.weights_file.source)
         held = self.weights_file.parts()
         for name, child in self.named_children():
             own = child.state_dict()
@@ -321,8 +322,9 @@ class Method(L.LightningModule):
                  if name != "backbone" and isinstance(getattr(child, "part_config", None), dict)}
         # LightningCLI adds `_class_path` to the hyperparameters: not a constructor argument
         evaluated = {"backbone_part": self.backbone_part} if self.backbone_part != "backbone" else {}
+        known = {"provenance": self.provenance} if getattr(self, "provenance", None) else {}
         return {"backbone": dict(self.backbone._hub_mixin_config), **parts, "method": self.name, **evaluated,
-                "contents": "pretrainer",
+                "contents": "pretrainer", **known,
                 "hyper_parameters": {k: v for k, v in self.hparams.items() if not k.startswith("_")}}
 
     @property
@@ -336,8 +338,15 @@ class Method(L.LightningModule):
 
     def save_pretrained(self, save_directory: str | Path) -> Path:
         """config.json + model.safetensors (the mimzoo folder format); `mimzoo.load(dir)` gives the backbone,
-        `mimzoo.load(dir, model="pretrainer")` or `Class.from_pretrained(dir)` the method."""
-        return write_folder(save_directory, self.mimzoo_config(), self.state_dict())
+        `mimzoo.load(dir, model="pretrainer")` or `Class.from_pretrained(dir)` the method; README.md is the model
+        card (licence, source and reported metrics of the weights it started from)."""
+        config = self.mimzoo_config()
+        folder = write_folder(save_directory, config, self.state_dict())
+        cards.write_folder_card(folder, config, what=f"A mimzoo {type(self).__name__} ({self.name}): the encoder "
+                                f"and every other part it trains (`mimzoo.load(dir)` gives the encoder alone).",
+                                usage=f"from mimzoo.methods import {type(self).__name__}\n\n"
+                                      f"model = {type(self).__name__}.from_pretrained({str(folder)!r})")
+        return folder
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **overrides) -> Method:

@@ -111,11 +111,13 @@ class CroCo(ReconstructionPictures, Method):
                               "training from it with CroCo(weights=...)")
         return {**super().converted_kwargs(config), "mask_ratio": config.get("mask_ratio", 0.9)}
 
-    def forward(self, img1: torch.Tensor, img2: torch.Tensor, noise: torch.Tensor | None = None) -> CroCoOutput:
+    def forward(self, img1: torch.Tensor, img2: torch.Tensor, noise: torch.Tensor | None = None,
+                mask_ratio: float | None = None) -> CroCoOutput:
         hp = self.hparams
         if noise is None:
             noise = torch.rand(img1.shape[0], self.backbone.num_patches, device=img1.device)
-        ids_keep, mask, ids_restore = masking(noise, hp.mask_ratio, hp.masking_rule)
+        ratio = hp.mask_ratio if mask_ratio is None else mask_ratio
+        ids_keep, mask, ids_restore = masking(noise, ratio, hp.masking_rule)
         feat1 = self.backbone.forward_features(img1, ids_keep)
         feat2 = self.backbone.forward_features(img2)
         pred, decoder_normed = self.decoder(feat1, feat2, ids_restore)

@@ -39,7 +39,8 @@ def reconstruction_grid(images: torch.Tensor, pred: torch.Tensor, mask: torch.Te
 
 def save_epoch_picture(module, grid: torch.Tensor, folder: str) -> Path | None:
     """<run dir>/<folder>/epoch_XXXX.png from rank 0, every `picture_every_n_epochs` (hparam, default 1), never
-    during the sanity check; written atomically."""
+    during the sanity check; written atomically. The same grid goes to each of the trainer's loggers that take
+    images (TensorBoard, W&B), tagged `folder`, at the global step."""
     trainer = getattr(module, "_trainer", None)
     if trainer is None or trainer.sanity_checking or trainer.global_rank != 0:
         return None
@@ -47,21 +48,46 @@ def save_epoch_picture(module, grid: torch.Tensor, folder: str) -> Path | None:
     if (trainer.current_epoch + 1) % every:  # epochs 9, 19, ... for 10: where check_val_every_n_epoch=10 lands
         return None
     path = Path(trainer.log_dir or trainer.default_root_dir) / folder / f"epoch_{trainer.current_epoch:04d}.png"
-    with atomic_path(path) as tmp:
-        save_image(grid, tmp, format="png")
+    write_picture(grid, path)
+    log_picture(trainer.loggers, folder, grid, trainer.global_step)
     return path
+
+
+def write_picture(grid: torch.Tensor, path: str | Path, format: str = "png") -> Path:
+    """A (3, H, W) [0, 1] grid as an image file, written atomically (a killed run never leaves half a PNG)."""
+    with atomic_path(path) as tmp:
+        save_image(grid, tmp, format=format)
+    return Path(path)
+
+
+def log_picture(loggers, tag: str, grid: torch.Tensor, step: int) -> None:
+    """Send a picture to the loggers that take images; the others (CSV) are skipped: the PNG is already on disk."""
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    grid = grid.detach().float().cpu()  # the dense predictions' grid is still on the device
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, grid, step)  # CHW in [0, 1], TensorBoard's default layout
+        elif isinstance(logger, WandbLogger):  # uint8 HWC: wandb would min-max stretch a float tensor
+            rgb = grid.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            logger.log_image(key=tag, images=[rgb], step=step)
 
 
 class ReconstructionPictures:
     """Mixin for LightningModules with `views` (mean/std), `backbone` and `norm_pix_loss`."""
 
+    def reconstruction_picture(self, images: torch.Tensor, out, reference: torch.Tensor | None = None,
+                               max_rows: int = 8) -> torch.Tensor:
+        """`reconstruction_grid` of a forward's output (`.pred`, `.mask`) with this model's patch size, view
+        normalisation and targets: the validation pictures and `mimzoo reconstruct` draw the same thing."""
+        return reconstruction_grid(images, out.pred, out.mask, self.backbone.patch_embed.patch_size[0],
+                                   self.views.mean, self.views.std, self.norm_pix_loss, reference, max_rows)
+
     def save_reconstructions(self, images: torch.Tensor, out, reference: torch.Tensor | None = None) -> Path | None:
         trainer = getattr(self, "_trainer", None)
         if trainer is None or trainer.sanity_checking:
             return None
-        grid = reconstruction_grid(images, out.pred, out.mask, self.backbone.patch_embed.patch_size[0],
-                                   self.views.mean, self.views.std, self.norm_pix_loss, reference)
-        return save_epoch_picture(self, grid, "reconstructions")
+        return save_epoch_picture(self, self.reconstruction_picture(images, out, reference), "reconstructions")
 
 
 def attention_picture(images: torch.Tensor, maps: torch.Tensor, mean, std, max_rows: int = 4) -> torch.Tensor:

@@ -84,6 +84,7 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
     """
 
     pos_resample_antialias: bool = True
+    provenance: dict | None = None  # where the weights came from (`mimzoo.cards`), set by mimzoo.load
 
     def __init__(
         self,
@@ -282,8 +283,12 @@ class ViT(VisionTransformer, PyTorchModelHubMixin, library_name="mimzoo", tags=[
     def _save_pretrained(self, save_directory) -> None:
         """config.json + model.safetensors in the one mimzoo folder format (`mimzoo.load(dir)` reads it); the
         mixin adds a model card and `push_to_hub`."""
-        write_folder(save_directory, {"contents": "encoder", "backbone": dict(self._hub_mixin_config)},
-                     {f"backbone.{k}": v for k, v in self.state_dict().items()})
+        from .. import cards  # cards reads the zoo, a layer this module otherwise never needs
+
+        config = {"contents": "encoder", "backbone": dict(self._hub_mixin_config),
+                  **({"provenance": self.provenance} if self.provenance else {})}
+        write_folder(save_directory, config, {f"backbone.{k}": v for k, v in self.state_dict().items()})
+        cards.write_folder_card(save_directory, config, what="A mimzoo ViT backbone (`mimzoo.models.ViT`).")
 
     @classmethod
     def from_pretrained(cls, *args, strict: bool = True, **kwargs):
