@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .models import IMAGENET_MEAN, IMAGENET_STD
+from .resized_crops import centre_boxes, crop_resize, rrc_boxes
 
 __all__ = ["Views", "Pair", "TwoViews", "RelativeBoxes", "MAEViews", "PairViews", "CroCoPairViews", "TwoCropViews",
            "EvalView", "Augmentation", "mae_eval_crop", "relative_boxes", "MultiCrops", "MultiCropViews", "byol_colour"]
@@ -73,10 +74,11 @@ class TwoViews:
     boxes2: torch.Tensor
     flipped1: torch.Tensor  # (B,) bool
     flipped2: torch.Tensor
-    source_size: tuple[int, int]  # (H, W) of the source images
+    source_size: tuple[int, int] | torch.Tensor  # (H, W) of the source images, or (B, 2) per image when padded
 
     def relative_boxes(self) -> RelativeBoxes:
-        return relative_boxes(self.boxes1, self.boxes2, self.flipped1, self.flipped2, self.source_size[1])
+        width = self.source_size[1] if isinstance(self.source_size, tuple) else self.source_size[:, 1]
+        return relative_boxes(self.boxes1, self.boxes2, self.flipped1, self.flipped2, width)
 
 
 def relative_boxes(boxes1: torch.Tensor, boxes2: torch.Tensor, flipped1: torch.Tensor, flipped2: torch.Tensor,
@@ -147,7 +149,7 @@ class _ViewMaker(nn.Module):
 
     def __init__(self, size: int, mean, std, interpolation: str = "bicubic"):
         super().__init__()
-        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+        self.size, self.mean, self.std, self.interpolation = size, tuple(mean), tuple(std), interpolation
         self.normalize = K.Normalize(torch.tensor(self.mean), torch.tensor(self.std))
         self.eval_resize, self.center = mae_eval_crop(size, interpolation)
 
@@ -163,12 +165,28 @@ class _ViewMaker(nn.Module):
                 m.set_rng_device_and_dtype(torch.device("cpu"), torch.float32)
         return out
 
-    def forward(self, *images: torch.Tensor, seed: int | None = None):
+    def forward(self, *images: torch.Tensor, seed: int | None = None, sizes: torch.Tensor | None = None):
+        """sizes: (B, 2) true (h, w) of zero-padded images of different sizes (`ImageDataModule(crop="full")`);
+        crops then stay inside each image. View makers of fixed-size inputs (pairs) take none."""
         with _seeded(seed) if seed is not None else nullcontext():
-            return self.make(*images)
+            return self.make(*images) if sizes is None else self.make(*images, sizes=sizes)
 
     def make(self, *images: torch.Tensor):
         raise NotImplementedError
+
+    @staticmethod
+    def _sizes(x: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
+        if sizes is not None:
+            return sizes.to(x.device, non_blocking=True)
+        return torch.tensor(x.shape[-2:], device=x.device).expand(x.shape[0], 2)
+
+    def _resized_crop(self, x: torch.Tensor, sizes: torch.Tensor | None, size: int, scale, ratio,
+                      hflip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """torchvision's RandomResizedCrop over each image's full extent, then a horizontal flip with probability
+        `hflip`, batched (`mimzoo.resized_crops`): (views in [0, 1] floats, boxes, flipped)."""
+        boxes = rrc_boxes(self._sizes(x, sizes), scale, ratio)
+        flipped = (torch.rand(x.shape[0]) < hflip).to(x.device, non_blocking=True)
+        return crop_resize(x, boxes, size, self.interpolation, flipped), boxes, flipped
 
     _float = staticmethod(to_float)
 
@@ -186,9 +204,14 @@ class _ViewMaker(nn.Module):
     def _applied(aug: nn.Module, device) -> torch.Tensor:
         return aug._params["batch_prob"].to(device, non_blocking=True) > 0.5
 
-    def _center_view(self, images: torch.Tensor, resize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Deterministic view: (resize the shorter side to size / 0.875, then) centre crop; its source box."""
+    def _center_view(self, images: torch.Tensor, resize: bool = True,
+                     sizes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deterministic view: (resize the shorter side to size / 0.875, then) centre crop; its source box. Padded
+        images of different `sizes`: the same centre square of each, resized without antialiasing."""
         x = self._float(images)
+        if sizes is not None:
+            boxes = centre_boxes(self._sizes(x, sizes), 0.875 if resize else self.size / min(x.shape[-2:]))
+            return crop_resize(x, boxes, self.size, self.interpolation), boxes
         h, w = x.shape[-2:]
         if resize:
             x = self.eval_resize(x)
@@ -213,18 +236,15 @@ class MAEViews(_ViewMaker):
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = "bicubic"):
         super().__init__(size, mean, std, interpolation)
-        self.crop = K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(ratio), resample=interpolation,
-                                        align_corners=False)
-        self.flip = K.RandomHorizontalFlip(p=hflip)
+        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
 
-    def make(self, images: torch.Tensor) -> Views:
+    def make(self, images: torch.Tensor, sizes: torch.Tensor | None = None) -> Views:
         if not self.training:
-            x, boxes = self._center_view(images)
+            x, boxes = self._center_view(images, sizes=sizes)
             return Views(self._out(x), boxes, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
-        x = self.crop(self._float(images))
-        boxes = self._boxes(self.crop, x.device)
-        x = self.flip(x)
-        return Views(self._out(x), boxes, self._applied(self.flip, x.device))
+        x, boxes, flipped = self._resized_crop(self._float(images), sizes, self.size, self.scale, self.ratio,
+                                               self.hflip)
+        return Views(self._out(x), boxes, flipped)
 
 
 class PairViews(_ViewMaker):
@@ -310,29 +330,27 @@ class TwoCropViews(_ViewMaker):
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5, color: bool = True,
                  blur_kernel: int = 23, mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = "bicubic"):
         super().__init__(size, mean, std, interpolation)
-        self.crop = K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(ratio), resample=interpolation,
-                                        align_corners=False)
-        self.flip = K.RandomHorizontalFlip(p=hflip)
+        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
         colour = (lambda blur_p, solarize_p: byol_colour(blur_p, solarize_p, blur_kernel)) if color else (
             lambda *_: nn.Identity())
         self.color1, self.color2 = colour(1.0, 0.0), colour(0.1, 0.2)
         self._stateless()
 
-    def make(self, images: torch.Tensor) -> TwoViews:
+    def make(self, images: torch.Tensor, sizes: torch.Tensor | None = None) -> TwoViews:
         B, device = images.shape[0], images.device
+        # relative_boxes mirrors flipped boxes in each image's own width
+        source = tuple(images.shape[-2:]) if sizes is None else self._sizes(images, sizes)
         if not self.training:
-            x, b = self._center_view(images)
+            x, b = self._center_view(images, sizes=sizes)
             no_flip = torch.zeros(B, dtype=torch.bool, device=device)
             out = self._out(x)
-            return TwoViews(out, out.clone(), b, b.clone(), no_flip, no_flip, tuple(images.shape[-2:]))
+            return TwoViews(out, out.clone(), b, b.clone(), no_flip, no_flip, source)
         src, views = self._float(images), []
         for colour in (self.color1, self.color2):
-            x = self.crop(src)
-            boxes = self._boxes(self.crop, device)
-            x = self.flip(x).clamp(0, 1)
-            views.append((self._out(colour(x)), boxes, self._applied(self.flip, device)))
+            x, boxes, flipped = self._resized_crop(src, sizes, self.size, self.scale, self.ratio, self.hflip)
+            views.append((self._out(colour(x.clamp(0, 1))), boxes, flipped))
         (x1, b1, f1), (x2, b2, f2) = views
-        return TwoViews(x1, x2, b1, b2, f1, f2, tuple(images.shape[-2:]))
+        return TwoViews(x1, x2, b1, b2, f1, f2, source)
 
 
 @dataclass
@@ -356,24 +374,25 @@ class MultiCropViews(_ViewMaker):
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = "bicubic"):
         super().__init__(size, mean, std, interpolation)
         self.local_size, self.num_local = local_size, num_local
-        crop = lambda s, sc: K.RandomResizedCrop((s, s), scale=tuple(sc), ratio=tuple(ratio),  # noqa: E731
-                                                 resample=interpolation, align_corners=False)
-        self.crop, self.local_crop = crop(size, scale), crop(local_size, local_scale)
-        self.flip = K.RandomHorizontalFlip(p=hflip)
+        self.scale, self.local_scale, self.ratio, self.hflip = tuple(scale), tuple(local_scale), tuple(ratio), hflip
         self.colours = nn.ModuleList([byol_colour(1.0, 0.0, blur_kernel), byol_colour(0.1, 0.2, blur_kernel)])
         self.local_colour = byol_colour(0.5, 0.0, blur_kernel)
         self.local_resize = K.Resize((local_size, local_size), resample=interpolation, align_corners=False,
                                      antialias=True)
         self._stateless()
 
-    def make(self, images: torch.Tensor) -> MultiCrops:
+    def make(self, images: torch.Tensor, sizes: torch.Tensor | None = None) -> MultiCrops:
         if not self.training:
-            x = self._center_view(images)[0]
+            x = self._center_view(images, sizes=sizes)[0]
             local = self._out(self.local_resize(x)).repeat(self.num_local, 1, 1, 1)
             return MultiCrops(self._out(x).repeat(2, 1, 1, 1), local)
         src = self._float(images)
-        view = lambda crop, colour: self._out(colour(self.flip(crop(src)).clamp(0, 1)))  # noqa: E731
-        globals_ = [view(self.crop, colour) for colour in self.colours]
-        local = [view(self.local_crop, self.local_colour) for _ in range(self.num_local)]
+
+        def view(size, scale, colour):
+            x = self._resized_crop(src, sizes, size, scale, self.ratio, self.hflip)[0]
+            return self._out(colour(x.clamp(0, 1)))
+
+        globals_ = [view(self.size, self.scale, colour) for colour in self.colours]
+        local = [view(self.local_size, self.local_scale, self.local_colour) for _ in range(self.num_local)]
         empty = src.new_zeros(0, 3, self.local_size, self.local_size)
         return MultiCrops(torch.cat(globals_), torch.cat(local) if local else empty)

@@ -84,7 +84,8 @@ def test_corrupt_files_are_skipped_counted_and_warned_once(folder, workers):
         seen = 0
         for batch in dm.train_dataloader():  # the whole epoch completes
             batch = dm.on_before_batch_transfer(batch, 0)
-            assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (3, 32, 32)
+            # crop="full": the whole 48 x 64 photo, shorter side decoded to 32
+            assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (3, 32, 43)
             seen += len(batch["image"])
     assert seen == 12  # 6 good files x 2 repeats; 3 bad files x 2 repeats skipped
     assert dm.skipped_images == 6
@@ -116,6 +117,35 @@ def test_pair_shards_give_both_views_as_images(tmp_path):
     assert sum(len(b["image"]) for b in dm.train_dataloader()) == 6
 
 
+def test_full_crop_keeps_each_photo_whole_and_pads_the_batch(tmp_path):
+    """crop="full": every training image keeps its extent and aspect (shorter side shrunk to `size`, never
+    enlarged), a batch of different sizes is zero-padded with the true sizes beside it, validation stays square;
+    crop="square" is the centre-square decode."""
+    shapes = [(48, 64), (64, 40), (20, 90), (40, 40)]
+    for i, shape in enumerate(shapes):
+        (tmp_path / f"img{i}.jpg").write_bytes(jpeg_bytes(i, shape))
+    dm = ImageDataModule(data=str(tmp_path), val_data=str(tmp_path), size=32, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    files = {int(f.stem[3:]): f for f in dm.train_files}
+    want = {0: (32, 43), 1: (51, 32), 2: (20, 90), 3: (32, 32)}  # (20, 90): not enlarged; within 3 x 32 long
+    assert batch["image"].shape == (4, 3, 51, 90)
+    for b, index in enumerate(batch["index"].tolist()):
+        h, w = batch["image_size"][b].tolist()
+        assert (h, w) == want[index], index
+        assert torch.equal(batch["image"][b, :, :h, :w], decode_image(files[index], 32, full=True))
+        assert not batch["image"][b, :, h:].any() and not batch["image"][b, :, :, w:].any()  # zero padding
+    val = next(iter(dm.val_dataloader()))
+    assert val["image"].shape == (4, 3, 32, 32) and "image_size" not in val
+    square = ImageDataModule(data=str(tmp_path), size=32, batch_size=4, num_workers=0, val_every=1000,
+                             crop="square")
+    square.setup("fit")
+    plain = next(iter(square.train_dataloader()))
+    assert plain["image"].shape == (4, 3, 32, 32) and "image_size" not in plain
+    with pytest.raises(ValueError, match="crop must be"):
+        ImageDataModule(crop="centre")
+
+
 def test_split_is_deterministic(folder):
     a = ImageDataModule(data=str(folder), val_every=3)
     b = ImageDataModule(data=str(folder), val_every=3)
@@ -143,3 +173,36 @@ def test_class_folder_layout_errors(tmp_path):
         dm.setup("fit")
     with pytest.raises(FileNotFoundError, match="ImageNet layout"):
         ClassFolderDataModule(root=str(tmp_path / "nowhere")).setup("fit")
+
+
+def test_the_fast_jpeg_path_matches_pils_and_leaves_the_rest_to_it():
+    """Complete RGB / gray JPEGs decode through OpenCV (DCT-scaled when large, area-averaged), within about one
+    grey level of PIL's antialiased bicubic path; truncated files, CMYK and PNG stay on PIL's path."""
+    from skimage import data
+
+    from mimzoo.data.images import fast_jpeg, full_uint8, open_image, square_uint8
+
+    def jpeg(array, size, mode="RGB"):
+        buf = io.BytesIO()
+        Image.fromarray(array).convert(mode).resize(size).save(buf, format="jpeg", quality=92)
+        return buf.getvalue()
+
+    for size in ((500, 375), (1600, 1200)):
+        raw = jpeg(data.coffee(), size)
+        for full in (False, True):
+            fast, slow = fast_jpeg(raw, 256, full), (full_uint8 if full else square_uint8)(open_image(raw), 256)
+            assert fast is not None and fast.shape == slow.shape and fast.dtype == torch.uint8
+            # different antialiasing filters (pixel areas vs PIL's bicubic), and DCT scaling for the large photo
+            assert (fast.float() - slow.float()).abs().mean() < 2.0, (size, full)  # measured 0.9-1.6
+    gray = jpeg(data.camera(), (400, 300), "L")
+    assert fast_jpeg(gray, 128, False).shape == (3, 128, 128)
+    assert fast_jpeg(jpeg(data.coffee(), (80, 60), "CMYK"), 32, False) is None
+    assert fast_jpeg(jpeg(data.coffee(), (80, 60))[:-200], 32, False) is None  # no end marker: PIL raises
+    for orientation in (3, 6, 8):  # a phone photo's EXIF rotation, as the PIL path applies it
+        buf = io.BytesIO()
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(data.coffee()).resize((120, 80)).save(buf, format="jpeg", exif=exif, quality=95)
+        fast = fast_jpeg(buf.getvalue(), 40, True)
+        slow = full_uint8(open_image(buf.getvalue()), 40)
+        assert fast.shape == slow.shape and (fast.float() - slow.float()).abs().mean() < 3, orientation

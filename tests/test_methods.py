@@ -169,3 +169,51 @@ def test_has_a_recipe(name):
     recipes = [p for p in (ROOT / "recipes").rglob("*.yaml")
                if yaml.safe_load(p.read_text())["model"]["class_path"] in paths]
     assert recipes, f"no recipe trains {cls.__name__}"
+
+
+PRETRAINING_RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml")
+                             if "downstream" not in p.parts and not p.stem.startswith(("finetune", "linear_probe",
+                                                                                          "depth")))
+RECIPE_SETTINGS = ("views", "masking_rule", "norm_pix_loss", "target", "baseline", "bottleneck")
+
+
+@pytest.mark.parametrize("recipe", PRETRAINING_RECIPES, ids=lambda p: p.relative_to(ROOT / "recipes").as_posix())
+def test_every_trainable_parameter_gets_a_gradient(recipe):
+    """What plain DDP (no find_unused_parameters: an extra autograd pass every step) needs: with each pretraining
+    recipe's own settings (at tiny size), every parameter that trains gets a gradient from the training loss."""
+    init = yaml.safe_load(recipe.read_text())["model"]
+    cls = next(c for c in METHODS.values() if c.__name__ == init["class_path"].rpartition(".")[2])
+    args = init.get("init_args") or {}
+    if args.get("target") == "tokens":
+        pytest.skip("the BEiT variant needs a user tokenizer (covered in test_semanticmim.py)")
+    sizes = ("img_size", "depth", "embed_dim", "num_heads", "patch_size")
+    kwargs = {k: v for k, v in (args.get("backbone_kwargs") or {}).items() if k not in sizes}
+    model = tiny(cls.name, backbone_kwargs=kwargs, **{k: args[k] for k in RECIPE_SETTINGS if k in args}).train()
+    batch = model.on_after_batch_transfer(SPECS[cls.name].batch(4), 0)
+    model.training_loss(batch).loss.backward()
+    idle = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not idle, f"{recipe.name}: parameters without a gradient: {idle}"
+    strategy = (yaml.safe_load(recipe.read_text()).get("trainer") or {}).get("strategy")
+    assert "find_unused" not in str(strategy), recipe.name
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_the_training_forward_is_one_graph_and_does_not_recompile(name):
+    """The forward a training step runs compiles with fullgraph=True (a graph break is an error) and a second
+    step with new views and masks reuses the graph (torch._dynamo's CompileCounter backend: no inductor here)."""
+    from torch._dynamo.testing import CompileCounter
+
+    spec = SPECS[name]
+    model = tiny(name).train()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    torch._dynamo.reset()
+    try:
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            views = model.on_after_batch_transfer(spec.batch(4), 0)
+            out = spec.output(compiled, views)
+            assert torch.isfinite(out.float()).all()
+        assert counter.frame_count == 1, f"{name}: {counter.frame_count} graphs for two steps"
+    finally:
+        torch._dynamo.reset()

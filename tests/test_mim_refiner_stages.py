@@ -114,11 +114,12 @@ def test_multicrop_views_sizes_scales_and_seeds():
     again = views(images, seed=1)
     assert torch.equal(crops.global_views, again.global_views) and torch.equal(crops.local_views, again.local_views)
     assert not torch.equal(views(images, seed=2).local_views, crops.local_views)
-    for crop, (lo, hi) in ((views.crop, (0.25, 1.0)), (views.local_crop, (0.05, 0.25))):
-        box = crop._params["src"].float()  # the last call's boxes (corners in source pixels)
-        w = box[:, 1, 0] - box[:, 0, 0] + 1
-        h = box[:, 2, 1] - box[:, 1, 1] + 1
-        area = w * h / 40 ** 2
+    from mimzoo.resized_crops import rrc_boxes
+
+    assert (views.scale, views.local_scale) == ((0.25, 1.0), (0.05, 0.25))
+    for scale, (lo, hi) in ((views.scale, (0.25, 1.0)), (views.local_scale, (0.05, 0.25))):
+        box = rrc_boxes(torch.tensor([[40, 40]]).expand(64, 2), scale, views.ratio)  # the views' own sampler
+        area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) / 40 ** 2
         assert area.min() >= lo - 0.02 and area.max() <= hi + 0.02, (area.min(), area.max())
         assert area.max() - area.min() > (hi - lo) / 3  # spread over the range, not one size
     views.eval()

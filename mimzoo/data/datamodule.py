@@ -6,12 +6,15 @@ exactly the batches an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Sampler
 
 from ..errors import ConfigError
+from .device_decode import decode_batch
 from .folder import ImageFolderDataset, collate_images, list_images
 from .sample import sample_folder
 from .shards import is_shards, shard_loader
@@ -89,6 +92,9 @@ class BaseDataModule(L.LightningDataModule):
         return self._train_loader
 
     def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if "encoded" in batch:  # decode="device": the JPEGs are decoded where the batch is going
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            batch = decode_batch(batch, device)
         skipped = batch.pop("skipped", None)
         if skipped is not None:
             self.skipped_images += int(skipped)  # a CPU tensor: no device sync
@@ -113,14 +119,25 @@ class BaseDataModule(L.LightningDataModule):
 class ImageDataModule(BaseDataModule):
     """data: "sample" (the scikit-image photos), an image folder, or WebDataset shards ("shards-{000..099}.tar").
     val_data: a folder or shards; default: "sample" holds out every 4th photo, a folder every `val_every`-th file.
-    size: the square size images are decoded to (the views crop from it). repeats: an epoch passes over the
+    size: the size images are decoded to (the views crop from it). crop: "full" (training images keep their whole
+    extent and aspect, shorter side at most `size`, so RandomResizedCrop samples from the full photo as MAE,
+    SiameseIM and MIM-Refiner do; batches are zero-padded, with each image's true size under "image_size") or
+    "square" (the centre square, resized to `size`: less to decode and move, crops only inside it). Validation
+    always decodes the centre square (MAE's eval transform). decode: "worker" (loader workers decode, the fastest
+    CPU decoder) or "device" (workers only read the files; JPEGs are decoded in batches on the training device,
+    nvjpeg on a GPU, `mimzoo.data.device_decode`; image folders only). repeats: an epoch passes over the
     training set this many times (the sample set is small). Shards: every process and loader worker reads its own
     whole shards, and an epoch is the same number of full batches on each (`shards.train_epoch`); epoch_size:
     images per epoch, all processes together (default: one pass, counted)."""
 
     def __init__(self, data: str = "sample", val_data: str | None = None, size: int = 256, batch_size: int = 64,
                  num_workers: int = 2, repeats: int = 1, val_every: int = 50, seed: int = 0,
-                 pin_memory: bool = True, shuffle_buffer: int = 2000, epoch_size: int | None = None):
+                 pin_memory: bool = True, shuffle_buffer: int = 2000, epoch_size: int | None = None,
+                 crop: Literal["full", "square"] = "full", decode: Literal["worker", "device"] = "worker"):
+        if crop not in ("full", "square"):
+            raise ConfigError(f"crop must be 'full' or 'square', got {crop!r}")
+        if decode not in ("worker", "device"):
+            raise ConfigError(f"decode must be 'worker' or 'device', got {decode!r}")
         super().__init__()
         self.save_hyperparameters()
         self.batch_size = batch_size
@@ -144,8 +161,9 @@ class ImageDataModule(BaseDataModule):
         hp = self.hparams
         if is_shards(hp.data):
             return shard_loader(hp.data, hp.size, hp.batch_size, hp.shuffle_buffer, hp.epoch_size, train=True,
-                                **self.loader_kwargs())
-        return self.resumable_loader(ImageFolderDataset(self.train_files, hp.size, repeats=hp.repeats))
+                                full=hp.crop == "full", **self.loader_kwargs())
+        return self.resumable_loader(ImageFolderDataset(self.train_files, hp.size, repeats=hp.repeats,
+                                                        full=hp.crop == "full", device_decode=hp.decode == "device"))
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams
@@ -153,5 +171,6 @@ class ImageDataModule(BaseDataModule):
             if hp.val_data is None:
                 return []
             return shard_loader(hp.val_data, hp.size, hp.batch_size, **self.loader_kwargs())
-        return DataLoader(ImageFolderDataset(self.val_files, hp.size), batch_size=hp.batch_size, shuffle=False,
+        return DataLoader(ImageFolderDataset(self.val_files, hp.size, device_decode=hp.decode == "device"),
+                          batch_size=hp.batch_size, shuffle=False,
                           **self.loader_kwargs())

@@ -192,18 +192,18 @@ def _shard_items(path: str, images: bool, mtime_ns: int, size: int) -> int:
 
 
 def shard_loader(urls: str, size: int, batch_size: int, shuffle_buffer: int = 0, epoch_size: int | None = None,
-                 pairs: bool = False, train: bool = False, **kwargs) -> DataLoader:
+                 pairs: bool = False, train: bool = False, full: bool = False, **kwargs) -> DataLoader:
     """Image (or, with `pairs`, pair) batches from shards. train: an epoch of `train_epoch`; else one pass, every
-    shard read by one process and worker."""
+    shard read by one process and worker. full: images keep their whole extent (`decode_image(full=True)`)."""
     kwargs.pop("persistent_workers", None)
     epoch = train_epoch(urls, batch_size, kwargs.get("num_workers", 0), epoch_size, not pairs) if train else None
-    ds = (pair_shards if pairs else shard_dataset)(urls, size, shuffle_buffer, epoch)
+    ds = (pair_shards(urls, size, shuffle_buffer, epoch) if pairs else
+          shard_dataset(urls, size, shuffle_buffer, epoch, full=full))
     return DataLoader(ds, batch_size=batch_size, collate_fn=kwargs.pop("collate_fn", collate_images), **kwargs)
 
 
-
 # -- image shards ---------------------------------------------------------------------------------------------------
-def _images(samples, size: int):
+def _images(samples, size: int, full: bool = False):
     for sample in samples:
         name = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
         keys = sorted(k for k in sample if k.rsplit(".", 1)[-1].lower() in EXTENSIONS)
@@ -212,15 +212,16 @@ def _images(samples, size: int):
             yield {"image": None}
         for key in keys:
             try:
-                yield {"image": decode_image(sample[key], size, name=f"{name}.{key}"),
+                yield {"image": decode_image(sample[key], size, name=f"{name}.{key}", full=full),
                        "index": sample_index(f"{name}.{key}")}
             except CorruptImageError as e:
                 report_corrupt(e)
                 yield {"image": None}  # counted as skipped by collate_images
 
 
-def shard_dataset(urls: str, size: int, shuffle_buffer: int = 0, epoch: tuple[int, int] | None = None):
-    return _stream(urls, functools.partial(_images, size=size), shuffle_buffer, epoch)
+def shard_dataset(urls: str, size: int, shuffle_buffer: int = 0, epoch: tuple[int, int] | None = None,
+                  full: bool = False):
+    return _stream(urls, functools.partial(_images, size=size, full=full), shuffle_buffer, epoch)
 
 
 # -- pair shards ----------------------------------------------------------------------------------------------------

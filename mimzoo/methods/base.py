@@ -277,13 +277,16 @@ class Method(L.LightningModule):
         """uint8 batches (what every mimzoo datamodule yields) become the method's views, on the device; float
         batches are taken as views already."""
         if isinstance(batch, dict) and torch.is_tensor(batch.get("image")) and batch["image"].dtype == torch.uint8:
-            return {**batch, **self.make_views(batch)}
+            views = {**batch, **self.make_views(batch)}
+            views.pop("image_size", None)  # the padded images' sizes: the views are all of one size
+            return views
         return batch
 
     def make_views(self, batch: dict) -> dict:
         """The batch's entries to replace with views (training views in train mode, evaluation views in eval).
-        Default: one view per image from `self.views` (MAE's, SemanticMIM's)."""
-        return {"image": self.views(batch["image"]).images}
+        Default: one view per image from `self.views` (MAE's, SemanticMIM's). Batches of full images of different
+        sizes carry "image_size" (`ImageDataModule(crop="full")`): every view maker that crops takes `sizes=`."""
+        return {"image": self.views(batch["image"], sizes=batch.get("image_size")).images}
 
     def training_loss(self, batch: dict):
         """An output object with `.loss` (and whatever the method reports)."""

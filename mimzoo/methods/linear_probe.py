@@ -77,7 +77,7 @@ class LinearProbe(Classifier):
 
     def make_views(self, batch: dict) -> dict:
         if self.training:
-            return {"image": self.train_views(batch["image"]).images}
+            return {"image": self.train_views(batch["image"], sizes=batch.get("image_size")).images}
         return {"image": self.eval_views(batch["image"])}
 
     def train(self, mode: bool = True) -> LinearProbe:

@@ -181,11 +181,11 @@ class MIMRefiner(Method):
     def make_views(self, batch: dict) -> dict:
         images = batch["image"]
         if self.training:
-            crops = self.views(images)
+            crops = self.views(images, sizes=batch.get("image_size"))
         else:  # validation: training views from a fixed seed, comparable across epochs
             self.views.train()
             try:
-                crops = self.views(images, seed=0)
+                crops = self.views(images, seed=0, sizes=batch.get("image_size"))
             finally:
                 self.views.eval()
         return {"image": crops.global_views, "local": crops.local_views}

@@ -94,6 +94,10 @@ class SemanticMIM(Method):
                               f"(cls + register tokens){' in ' + str(weights) if weights else ''}: they must be "
                               f"equal, else the proxies would start at random")
         self._set_hparam("num_proxies", vit.num_prefix_tokens)
+        if vit.fc_norm is not None and not isinstance(vit.fc_norm, nn.Identity):
+            # the downstream pooling's norm (fresh in every upstream downstream config): pretraining never reads it,
+            # and plain DDP refuses parameters that get no gradient, so it stays frozen at its init
+            vit.fc_norm.requires_grad_(False)
         self.init_optim(optim)
         p = vit.patch_embed.patch_size[0]
         beit = any(getattr(b, "ls1", None) is not None and not isinstance(b.ls1, nn.Identity) for b in vit.blocks)

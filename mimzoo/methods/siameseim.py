@@ -163,12 +163,12 @@ class SiameseIM(Method):
     def make_views(self, batch: dict) -> dict:
         images = batch["image"]
         if self.training:
-            views, g = self.views(images), None
+            views, g = self.views(images, sizes=batch.get("image_size")), None
         else:  # validation: training views and masks from a fixed seed, comparable across epochs, and a picture
             g = torch.Generator().manual_seed(0)  # of real geometry (upstream has no validation)
             self.views.train()
             try:
-                views = self.views(images, seed=0)
+                views = self.views(images, seed=0, sizes=batch.get("image_size"))
             finally:
                 self.views.eval()
         mask = masking.block_mask(images.shape[0], self.backbone.grid_size, self.hparams.num_masked, generator=g)
