@@ -2,6 +2,7 @@
 
     python benchmarks/curate_throughput.py                    # a 60 s synthetic camera video from a real photo
     python benchmarks/curate_throughput.py --video my.mp4
+    python benchmarks/curate_throughput.py --scaling 1 2 --videos 4 --seconds 30   # `curate` with 1 and 2 processes
 
 mimzoo decodes the video once in order, computes SIFT once per frame and reuses it for both pairs a frame belongs
 to, and measures the patch overlap with vectorised votes. The naive loop does what a direct port of MIMIC's
@@ -90,8 +91,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", default=None)
     p.add_argument("--seconds", type=int, default=60)
+    p.add_argument("--scaling", type=int, nargs="*", default=None,
+                   help="instead: time `mimzoo.curate.curate` over --videos videos with each of these process counts")
+    p.add_argument("--videos", type=int, default=4)
     args = p.parse_args()
     cv2.setNumThreads(1)
+    if args.scaling:
+        return scaling(args)
     with tempfile.TemporaryDirectory() as tmp:
         video = args.video or str(synthetic_video(Path(tmp) / "camera.avi", args.seconds))
         opts = Options()
@@ -112,6 +118,26 @@ def main() -> None:
         "naive": {"seconds": round(theirs, 2), "sampled_frames_per_s": round(naive_frames / theirs, 1),
                   "candidate_pairs_per_s": round(candidates / theirs, 1)},
         "speedup": round(theirs / ours, 1), "cores": 1}, indent=1))
+
+
+def scaling(args) -> None:
+    """Candidate pairs/s of the whole `curate` run (decode, SIFT, overlap, shard writing) with 1, 2, ... worker
+    processes over the same videos; the work is split by source (one video per process)."""
+    from mimzoo.curate import curate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = [str(synthetic_video(Path(tmp) / f"camera{i}.avi", args.seconds)) for i in range(args.videos)]
+        rows, base = [], None
+        for workers in args.scaling:
+            start = time.perf_counter()
+            summary = curate(videos, Path(tmp) / f"out{workers}", workers=workers, progress=False)
+            seconds = time.perf_counter() - start
+            candidates = summary["candidates"]
+            rate = candidates / seconds
+            base = base or rate
+            rows.append({"processes": workers, "seconds": round(seconds, 2), "candidate_pairs": candidates,
+                         "candidate_pairs_per_s": round(rate, 1), "scaling": round(rate / base, 2)})
+            print(json.dumps(rows[-1]), flush=True)
 
 
 if __name__ == "__main__":

@@ -70,3 +70,27 @@ def test_nvjpeg_decodes_a_batch_on_the_gpu(photos):
     for f, im in zip(files, out):
         assert im.is_cuda and im.shape == (3, 32, 32)
         assert (im.cpu().float() - decode_image(f, 32).float()).abs().mean() < 1
+
+
+def test_device_decode_from_shards(tmp_path):
+    import webdataset as wds
+
+    shard = tmp_path / "images-000.tar"
+    raw = [photo(60, 80, i) for i in range(4)] + [photo(50, 70, 4, "png")]
+    with wds.TarWriter(str(shard)) as sink:
+        for i, data in enumerate(raw):
+            sink.write({"__key__": f"s{i}", "png" if i == 4 else "jpg": data})
+    dm = ImageDataModule(data=str(shard), size=32, batch_size=5, num_workers=0, shuffle_buffer=0, decode="device")
+    dm.setup("fit")
+    loaded = next(iter(dm.train_dataloader()))
+    assert len(loaded["encoded"]) == 4 and loaded["image"].shape[0] == 1
+    batch = dm.on_before_batch_transfer(loaded, 0)
+    assert batch["image"].shape[0] == 5 and dm.skipped_images == 0
+    worker = ImageDataModule(data=str(shard), size=32, batch_size=5, num_workers=0, shuffle_buffer=0)
+    worker.setup("fit")
+    plain = next(iter(worker.train_dataloader()))
+    order = {i: b for b, i in enumerate(plain["index"].tolist())}
+    for b, index in enumerate(batch["index"].tolist()):
+        h, w = batch["image_size"][b].tolist()
+        diff = batch["image"][b, :, :h, :w].float() - plain["image"][order[index], :, :h, :w].float()
+        assert diff.abs().max() <= 1, index  # the same libjpeg-turbo decode on the CPU; rounding

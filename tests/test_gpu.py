@@ -76,3 +76,26 @@ def test_dense_training_loss_has_no_host_sync(task):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("name", ["mae", "croco", "mimic", "siameseim", "mim_refiner", "semanticmim", "finetune",
+                                  "linear_probe", "dense_finetune"])
+def test_no_host_sync_in_any_training_step(name):
+    """Views on the device (from a uint8 batch), the training loss and its backward, for every registered method,
+    under `set_sync_debug_mode("error")`: a .item(), a boolean mask index or a CPU copy raises."""
+    from test_methods import SPECS
+
+    from tiny import tiny
+
+    model = tiny(name).cuda().train()
+    batch = {k: v.cuda() for k, v in SPECS[name].batch(4).items()}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        views = model.on_after_batch_transfer(batch, 0)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model.training_loss(views).loss
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss)

@@ -125,7 +125,7 @@ class ImageDataModule(BaseDataModule):
     "square" (the centre square, resized to `size`: less to decode and move, crops only inside it). Validation
     always decodes the centre square (MAE's eval transform). decode: "worker" (loader workers decode, the fastest
     CPU decoder) or "device" (workers only read the files; JPEGs are decoded in batches on the training device,
-    nvjpeg on a GPU, `mimzoo.data.device_decode`; image folders only). repeats: an epoch passes over the
+    nvjpeg on a GPU, `mimzoo.data.device_decode`; image folders and image shards). repeats: an epoch passes over the
     training set this many times (the sample set is small). Shards: every process and loader worker reads its own
     whole shards, and an epoch is the same number of full batches on each (`shards.train_epoch`); epoch_size:
     images per epoch, all processes together (default: one pass, counted)."""
@@ -161,7 +161,7 @@ class ImageDataModule(BaseDataModule):
         hp = self.hparams
         if is_shards(hp.data):
             return shard_loader(hp.data, hp.size, hp.batch_size, hp.shuffle_buffer, hp.epoch_size, train=True,
-                                full=hp.crop == "full", **self.loader_kwargs())
+                                full=hp.crop == "full", device_decode=hp.decode == "device", **self.loader_kwargs())
         return self.resumable_loader(ImageFolderDataset(self.train_files, hp.size, repeats=hp.repeats,
                                                         full=hp.crop == "full", device_decode=hp.decode == "device"))
 
@@ -170,7 +170,8 @@ class ImageDataModule(BaseDataModule):
         if is_shards(hp.data):
             if hp.val_data is None:
                 return []
-            return shard_loader(hp.val_data, hp.size, hp.batch_size, **self.loader_kwargs())
+            return shard_loader(hp.val_data, hp.size, hp.batch_size, device_decode=hp.decode == "device",
+                                **self.loader_kwargs())
         return DataLoader(ImageFolderDataset(self.val_files, hp.size, device_decode=hp.decode == "device"),
                           batch_size=hp.batch_size, shuffle=False,
                           **self.loader_kwargs())

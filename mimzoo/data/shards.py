@@ -192,18 +192,19 @@ def _shard_items(path: str, images: bool, mtime_ns: int, size: int) -> int:
 
 
 def shard_loader(urls: str, size: int, batch_size: int, shuffle_buffer: int = 0, epoch_size: int | None = None,
-                 pairs: bool = False, train: bool = False, full: bool = False, **kwargs) -> DataLoader:
+                 pairs: bool = False, train: bool = False, full: bool = False, device_decode: bool = False,
+                 **kwargs) -> DataLoader:
     """Image (or, with `pairs`, pair) batches from shards. train: an epoch of `train_epoch`; else one pass, every
     shard read by one process and worker. full: images keep their whole extent (`decode_image(full=True)`)."""
     kwargs.pop("persistent_workers", None)
     epoch = train_epoch(urls, batch_size, kwargs.get("num_workers", 0), epoch_size, not pairs) if train else None
     ds = (pair_shards(urls, size, shuffle_buffer, epoch) if pairs else
-          shard_dataset(urls, size, shuffle_buffer, epoch, full=full))
+          shard_dataset(urls, size, shuffle_buffer, epoch, full=full, device_decode=device_decode))
     return DataLoader(ds, batch_size=batch_size, collate_fn=kwargs.pop("collate_fn", collate_images), **kwargs)
 
 
 # -- image shards ---------------------------------------------------------------------------------------------------
-def _images(samples, size: int, full: bool = False):
+def _images(samples, size: int, full: bool = False, device_decode: bool = False):
     for sample in samples:
         name = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
         keys = sorted(k for k in sample if k.rsplit(".", 1)[-1].lower() in EXTENSIONS)
@@ -211,6 +212,10 @@ def _images(samples, size: int, full: bool = False):
             report_corrupt(CorruptImageError(name, f"no image in the sample; keys are {sorted(sample)}"))
             yield {"image": None}
         for key in keys:
+            if device_decode and sample[key][:2] == b"\xff\xd8":  # decoded on the device (`device_decode`)
+                yield {"encoded": sample[key], "encoded_name": f"{name}.{key}", "index": sample_index(f"{name}.{key}"),
+                       "decode_size": size, "decode_full": full}
+                continue
             try:
                 yield {"image": decode_image(sample[key], size, name=f"{name}.{key}", full=full),
                        "index": sample_index(f"{name}.{key}")}
@@ -220,8 +225,9 @@ def _images(samples, size: int, full: bool = False):
 
 
 def shard_dataset(urls: str, size: int, shuffle_buffer: int = 0, epoch: tuple[int, int] | None = None,
-                  full: bool = False):
-    return _stream(urls, functools.partial(_images, size=size, full=full), shuffle_buffer, epoch)
+                  full: bool = False, device_decode: bool = False):
+    return _stream(urls, functools.partial(_images, size=size, full=full, device_decode=device_decode),
+                   shuffle_buffer, epoch)
 
 
 # -- pair shards ----------------------------------------------------------------------------------------------------
