@@ -43,14 +43,53 @@ def cmd_models(args) -> int:
             continue
         rows.append((n, str(e.get("method", "")), str(e.get("arch", "")), str(e.get("pretrain_data", "")),
                      str(e.get("license", "")), _metric_summary(e)))
-    if args.markdown:
-        print(zoo_markdown(rows))
+    if args.taxonomy:
+        rows = taxonomy_rows()
+        print(zoo_markdown(rows) if args.markdown else text_table(rows))
         return 0
+    if args.by:
+        return print_grouped(rows, args.by, args.markdown)
+    print(zoo_markdown(rows) if args.markdown else text_table(rows))
+    return 0
+
+
+def text_table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def taxonomy_rows() -> list[tuple[str, ...]]:
+    """One row per method mimzoo trains: the survey's axes and how many zoo checkpoints it has."""
+    from collections import Counter
+
+    from . import zoo
+
+    counts = Counter(e.get("method") for e in zoo.registry().values() if "alias_of" not in e)
+    rows = [("method", *zoo.AXES, "downstream", "checkpoints", "survey class")]
+    for method, t in zoo.taxonomy().items():
+        rows.append((f"{t.get('title', method)} (`{method}`)", *(str(t.get(a, "")) for a in zoo.AXES),
+                     ", ".join(t.get("downstream") or []), str(counts.get(method, 0)),
+                     t.get("survey_class") or "not listed"))
+    return rows
+
+
+def print_grouped(rows: list[tuple[str, ...]], axis: str, markdown: bool) -> int:
+    """The models table in groups by one taxonomy axis of each checkpoint's method."""
+    from . import zoo
+
+    if axis not in zoo.AXES:
+        print(f"--by must be one of {', '.join(zoo.AXES)}, got {axis!r}", file=sys.stderr)
+        return 2
+    methods = zoo.taxonomy()
+    groups: dict[str, list] = {}
+    for r in rows[1:]:
+        method = zoo.entry(r[0]).get("method")
+        groups.setdefault(str((methods.get(method) or {}).get(axis, "not classified")), []).append(r)
+    for value in sorted(groups):
+        print(f"\n## {axis}: {value}\n" if markdown else f"\n[{axis}: {value}]")
+        print(zoo_markdown([rows[0], *groups[value]]) if markdown else text_table([rows[0], *groups[value]]))
     return 0
 
 
@@ -158,6 +197,9 @@ def zoo_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the zoo (checkpoints.yaml) as a table")
     m.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'mae_*'")
     m.add_argument("--markdown", action="store_true", help="print a Markdown table (docs/zoo.md is made so)")
+    m.add_argument("--by", default=None, metavar="AXIS",
+                   help="group by one of the MIM survey's axes: paradigm, masking, target, objective, architecture")
+    m.add_argument("--taxonomy", action="store_true", help="the survey's axes of every method mimzoo trains")
     m.set_defaults(func=cmd_models)
     d = sub.add_parser("download", help="download and verify zoo checkpoints into the cache")
     d.add_argument("names", nargs="+", help="zoo names or hf-hub:org/repo[@revision]")

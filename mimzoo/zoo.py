@@ -44,6 +44,16 @@ def families() -> dict[str, dict]:
         return yaml.safe_load(f).get("families") or {}
 
 
+AXES = ("paradigm", "masking", "target", "objective", "architecture")
+
+
+@functools.lru_cache(maxsize=1)
+def taxonomy() -> dict[str, dict]:
+    """The MIM survey's axes for every method mimzoo trains (checkpoints.yaml `taxonomy:`), keyed as `method`."""
+    with open(REGISTRY_FILE) as f:
+        return yaml.safe_load(f).get("taxonomy") or {}
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Names in checkpoints.yaml matching a shell-style pattern, sorted."""
     return sorted(n for n in registry() if fnmatch.fnmatch(n, pattern))

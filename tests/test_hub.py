@@ -144,6 +144,45 @@ def test_zoo_doc_is_generated_from_the_yaml(capsys):
     assert capsys.readouterr().out.strip() in doc, "docs/zoo.md is stale: regenerate with `mimzoo models --markdown`"
 
 
+AXIS_VALUES = {"paradigm": {"reconstruction", "contrastive", "hybrid"},
+               "masking": {"random", "block", "cross-view", "none"},
+               "target": {"pixels", "normalised pixels", "HOG", "tokens", "features"},
+               "architecture": {"encoder-decoder", "cross-view decoder", "two-stream proxies",
+                                "heads on intermediate blocks"}}
+
+
+def test_every_pretraining_method_has_the_surveys_axes_and_the_doc_shows_them(capsys):
+    from pathlib import Path
+
+    from mimzoo import zoo
+    from mimzoo.methods import METHODS
+
+    pretraining = set(METHODS) - {"finetune", "linear_probe", "dense_finetune"}
+    taxonomy = zoo.taxonomy()
+    assert pretraining <= set(taxonomy), pretraining - set(taxonomy)
+    for method, t in taxonomy.items():
+        for axis, allowed in AXIS_VALUES.items():
+            assert t[axis] in allowed, (method, axis, t[axis])
+        assert t["objective"] and t["downstream"]
+    assert {e.get("method") for e in zoo.registry().values() if "alias_of" not in e} <= set(taxonomy)
+    assert cli(["models", "--taxonomy", "--markdown"]) == 0
+    doc = (Path(__file__).parents[1] / "docs" / "zoo.md").read_text()
+    assert capsys.readouterr().out.strip() in doc, "docs/zoo.md is stale: `mimzoo models --taxonomy --markdown`"
+
+
+def test_models_by_an_axis_groups_every_checkpoint_once(capsys):
+    from mimzoo import zoo
+
+    assert cli(["models", "--by", "paradigm"]) == 0
+    out = capsys.readouterr().out
+    assert "[paradigm: hybrid]" in out and "[paradigm: reconstruction]" in out
+    listed = [line.split()[0] for line in out.splitlines() if line and line.split()[0] in zoo.registry()]
+    assert sorted(listed) == sorted(zoo.list_models())
+    hybrid = out.split("[paradigm: hybrid]")[1].split("[")[0]
+    assert "siameseim_vit_base_patch16" in hybrid and "mae_vit_base_patch16 " not in hybrid
+    assert cli(["models", "--by", "colour"]) == 2
+
+
 def test_zoo_facts_fill_what_the_file_does_not_say(tmp_path, monkeypatch, parity_dir, caplog):
     """A `{'model': ...}` file records no training args; its zoo entry's `targets: pixel` makes the method train
     (and reconstruct) on raw pixels, `pooling: avg` makes the backbone pool patch tokens. An explicit argument wins."""
