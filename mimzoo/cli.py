@@ -31,6 +31,9 @@ def zoo_markdown(rows: list[tuple[str, ...]]) -> str:
 def cmd_models(args) -> int:
     from . import zoo
 
+    if args.results_doc:
+        print(results_markdown())
+        return 0
     names = zoo.list_models(args.pattern)
     if not names:
         print(f"no model matches {args.pattern!r}; `mimzoo models` lists all", file=sys.stderr)
@@ -43,6 +46,14 @@ def cmd_models(args) -> int:
             continue
         rows.append((n, str(e.get("method", "")), str(e.get("arch", "")), str(e.get("pretrain_data", "")),
                      str(e.get("license", "")), _metric_summary(e)))
+    if args.results:
+        rows = results_rows(args.results, names)
+        if len(rows) == 1:
+            tasks = ", ".join(results_tasks())
+            print(f"no checkpoint reports {args.results!r}; reported tasks: {tasks}", file=sys.stderr)
+            return 1
+        print(zoo_markdown(rows) if args.markdown else text_table(rows))
+        return 0
     if args.taxonomy:
         rows = taxonomy_rows()
         print(zoo_markdown(rows) if args.markdown else text_table(rows))
@@ -58,6 +69,46 @@ def text_table(rows: list[tuple[str, ...]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def results_tasks() -> list[str]:
+    from . import zoo
+
+    return sorted({m["task"] for e in zoo.registry().values() if "alias_of" not in e for m in e.get("metrics") or []})
+
+
+def results_rows(task: str, names: list[str] | None = None) -> list[tuple[str, ...]]:
+    """Every reported number for `task` across the zoo, one row each with its protocol, best first within a
+    protocol: numbers under different protocols are listed apart, never side by side as if comparable."""
+    from . import zoo
+
+    found = []
+    for name in names or zoo.list_models():
+        e = zoo.registry()[name]
+        if "alias_of" in e:
+            continue
+        for m in e.get("metrics") or []:
+            if m["task"] == task:
+                found.append((str(m.get("protocol", "")), str(m.get("metric", "")), m.get("value"), name,
+                              str(m.get("source", ""))))
+    # lower is better only for errors and distances; everything else reported here is higher-is-better
+    lower = lambda metric: metric in ("l1", "abs_rel", "rmse", "mce_error")  # noqa: E731
+    found.sort(key=lambda r: (r[0], r[1], (1 if lower(r[1]) else -1) * float(r[2] or 0)))
+    return [("protocol", "metric", "value", "checkpoint", "source"),
+            *[(p, m, str(v), n, src) for p, m, v, n, src in found]]
+
+
+def results_markdown() -> str:
+    """docs/results.md: one table per reported task (dataset and split), generated from checkpoints.yaml."""
+    parts = ["# Reported results across the zoo", "",
+             "Generated from `checkpoints.yaml` by `mimzoo models --results-doc` (a test keeps it in sync): every",
+             "number a checkpoint's authors reported, with the protocol it was measured under and where it was read.",
+             "None is measured by mimzoo. Rows are grouped by protocol: numbers under different protocols (another",
+             "head, schedule, resolution or feature) are not comparable, however close the protocol names look.",
+             "`mimzoo models --results TASK` prints one table in the terminal.", ""]
+    for task in results_tasks():
+        parts += [f"## {task}", "", zoo_markdown(results_rows(task)), ""]
+    return "\n".join(parts)
 
 
 def taxonomy_rows() -> list[tuple[str, ...]]:
@@ -200,6 +251,9 @@ def zoo_parser() -> argparse.ArgumentParser:
     m.add_argument("--by", default=None, metavar="AXIS",
                    help="group by one of the MIM survey's axes: paradigm, masking, target, objective, architecture")
     m.add_argument("--taxonomy", action="store_true", help="the survey's axes of every method mimzoo trains")
+    m.add_argument("--results", default=None, metavar="TASK",
+                   help="every reported number for a task (e.g. imagenet-1k), with its protocol and source")
+    m.add_argument("--results-doc", action="store_true", help="print docs/results.md (all tasks, Markdown)")
     m.set_defaults(func=cmd_models)
     d = sub.add_parser("download", help="download and verify zoo checkpoints into the cache")
     d.add_argument("names", nargs="+", help="zoo names or hf-hub:org/repo[@revision]")

@@ -183,6 +183,28 @@ def test_models_by_an_axis_groups_every_checkpoint_once(capsys):
     assert cli(["models", "--by", "colour"]) == 2
 
 
+def test_results_doc_is_generated_and_keeps_protocols_apart(capsys):
+    from pathlib import Path
+
+    from mimzoo import zoo
+
+    assert cli(["models", "--results-doc"]) == 0
+    doc = (Path(__file__).parents[1] / "docs" / "results.md").read_text()
+    assert capsys.readouterr().out == doc, "docs/results.md is stale: `mimzoo models --results-doc > docs/results.md`"
+    reported = [(n, m) for n, e in zoo.registry().items() if "alias_of" not in e for m in e.get("metrics") or []]
+    rows = [line for line in doc.splitlines() if line.startswith("| ") and not line.startswith("| protocol")]
+    assert len(rows) == len(reported)  # every reported number once, each on its own row with its protocol
+    assert cli(["models", "--results", "imagenet-1k"]) == 0
+    out = capsys.readouterr().out
+    in1k = [(n, m) for n, m in reported if m["task"] == "imagenet-1k"]
+    assert len(out.strip().splitlines()) == len(in1k) + 2
+    # within one protocol and metric, best first
+    table = [r for r in rows if "| top1 |" in r and "k-NN, k=10, T=0.07, last-block CLS, bf16 |" in r]
+    values = [float(r.split(" | ")[2]) for r in table]
+    assert values == sorted(values, reverse=True) and len(values) >= 2
+    assert cli(["models", "--results", "no-such-task"]) == 1
+
+
 def test_zoo_facts_fill_what_the_file_does_not_say(tmp_path, monkeypatch, parity_dir, caplog):
     """A `{'model': ...}` file records no training args; its zoo entry's `targets: pixel` makes the method train
     (and reconstruct) on raw pixels, `pooling: avg` makes the backbone pool patch tokens. An explicit argument wins."""
