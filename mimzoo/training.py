@@ -109,6 +109,12 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        for lg in trainer.loggers:
+            if isinstance(lg, CSVLogger):
+                # the rows this checkpoint counts reach the disk before it does: a kill between the two leaves
+                # more rows than the (older) checkpoint counts, which a resume drops and logs again; the other way
+                # round (rows counted but still in memory) they would be lost
+                lg.save()
         rows = {i: lg.rows() for i, lg in enumerate(trainer.loggers) if isinstance(lg, CSVLogger)}
         if rows:
             checkpoint["mimzoo_metrics_rows"] = rows

@@ -121,7 +121,7 @@ def test_pinned_sha256_mismatch_leaves_no_file(host, tmp_path):
 def test_corrupted_cached_file_is_detected_then_redownloaded(host, tmp_path):
     url = f"{host.url}/ckpt/mae_tiny.pth"
     path = fetch_source({"url": url}, cache_dir=tmp_path, progress=False)
-    path.write_bytes(DATA[:-1] + b"\0")  # e.g. a disk error or an editor touching the file
+    path.write_bytes(DATA[:-1] + bytes([DATA[-1] ^ 1]))  # e.g. a disk error (a changed byte: DATA may end in 0)
     with pytest.raises(ChecksumError, match="changed on disk") as err:
         fetch_source({"url": url}, cache_dir=tmp_path, progress=False, name="mae_tiny")
     assert DIGEST in str(err.value) and "`mimzoo download mae_tiny`" in str(err.value)
@@ -254,7 +254,7 @@ def test_a_verified_file_is_trusted_until_its_size_or_mtime_changes(host, tmp_pa
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched (same bytes): hashed, then re-stamped
     assert fetch_source({"url": url}, cache_dir=tmp_path, progress=False).read_bytes() == DATA
     assert f"mtime_ns={path.stat().st_mtime_ns}" in path.with_name(path.name + ".sha256").read_text()
-    path.write_bytes(DATA[:-1] + b"\1")  # a real write moves the mtime: caught without verify
+    path.write_bytes(DATA[:-1] + bytes([DATA[-1] ^ 2]))  # a real write moves the mtime: caught without verify
     with pytest.raises(ChecksumError):
         fetch_source({"url": url}, cache_dir=tmp_path, progress=False)
 
