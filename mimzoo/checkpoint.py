@@ -272,6 +272,17 @@ def write_folder(folder: str | os.PathLike, config: dict, state_dict: dict[str, 
     return folder
 
 
+def read_config_file(path: str | os.PathLike) -> dict:
+    """A folder's config.json as a dict; CheckpointReadError for anything that is not a JSON object."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointReadError(f"{path} is not valid JSON ({e}); it may be truncated") from e
+    if not isinstance(config, dict):
+        raise CheckpointReadError(f"{path} holds a JSON {type(config).__name__}, not an object")
+    return config
+
+
 def read_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config, state dict) of a mimzoo folder. Folders written before the format had a "backbone" entry (a bare
     ViT config and un-prefixed keys) are read as a backbone."""
@@ -280,10 +291,7 @@ def read_folder(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor
     if not (cfg_file.is_file() and weights.is_file()):
         raise NotFoundError(f"{folder} is not a mimzoo checkpoint folder: expected {CONFIG_FILE} and {WEIGHTS_FILE} "
                             f"in it")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointReadError(f"{cfg_file} is not valid JSON ({e}); it may be truncated") from e
+    config = read_config_file(cfg_file)
     state_dict = read(weights)
     if "backbone" not in config:
         return ({"format": "mimzoo", "contents": "encoder", "backbone": config},

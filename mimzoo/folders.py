@@ -13,7 +13,6 @@ Anything else is an error naming what the folder holds and the layouts accepted.
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import torch
@@ -55,15 +54,7 @@ def layout(folder: Path, config: dict | None) -> str:
 
 def read_config(folder: Path) -> dict | None:
     path = folder / checkpoint.CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise checkpoint.CheckpointReadError(f"{path} is not valid JSON ({e}); it may be truncated") from e
-    if not isinstance(config, dict):
-        raise checkpoint.CheckpointReadError(f"{path} holds a JSON {type(config).__name__}, not an object")
-    return config
+    return checkpoint.read_config_file(path) if path.is_file() else None
 
 
 def weights_of(folder: Path) -> dict[str, torch.Tensor]:

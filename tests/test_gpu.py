@@ -1,4 +1,6 @@
 """CUDA paths (bf16 autocast, fused AdamW, torch.compile): run with `pytest -m gpu` on a machine with a GPU."""
+import contextlib
+
 import lightning as L
 import pytest
 import torch
@@ -6,6 +8,17 @@ import torch
 from mimzoo.methods import MAE, CroCo
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@contextlib.contextmanager
+def sync_is_an_error():
+    """Any host-device synchronisation inside raises (a .item(), a boolean-mask index, a copy to the CPU)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def small(cls, **kw):
@@ -67,14 +80,10 @@ def test_dense_training_loss_has_no_host_sync(task):
     target = {"depth": torch.rand(2, 1, 224, 224), "segmentation": torch.randint(0, 5, (2, 224, 224)),
               "normals": torch.nn.functional.normalize(torch.randn(2, 3, 224, 224), dim=1)}[task]
     batch = {"image": torch.randn(2, 3, 224, 224, device="cuda"), key: target.cuda()}
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with sync_is_an_error():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model.training_loss(batch).loss
         loss.backward()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss)
 
 
@@ -89,13 +98,9 @@ def test_no_host_sync_in_any_training_step(name):
 
     model = tiny(name).cuda().train()
     batch = {k: v.cuda() for k, v in SPECS[name].batch(4).items()}
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with sync_is_an_error():
         views = model.on_after_batch_transfer(batch, 0)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model.training_loss(views).loss
         loss.backward()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss)

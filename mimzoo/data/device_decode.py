@@ -20,12 +20,6 @@ from ..resized_crops import area_weights
 from .folder import pad_images, report_corrupt
 from .images import CorruptImageError, decode_image, target_size
 
-JPEG_MAGIC = b"\xff\xd8"
-
-
-def is_jpeg(data: bytes) -> bool:
-    return data[:2] == JPEG_MAGIC
-
 
 def resize_like_worker(images: list[torch.Tensor], size: int, full: bool) -> list[torch.Tensor]:
     """Decoded (3, h, w) uint8 images on one device -> what the worker path (`decode_image(..., size, full)`,

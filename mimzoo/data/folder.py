@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import NotFoundError
-from .images import IMAGE_EXTENSIONS, CorruptImageError, decode_image
+from .images import IMAGE_EXTENSIONS, CorruptImageError, decode_image, is_jpeg
 
 
 class CorruptImageWarning(UserWarning):
@@ -71,7 +71,7 @@ def encoded_item(path: Path, index: int, size: int, full: bool) -> dict | None:
         data = path.read_bytes()
     except OSError:
         return None  # the CPU path reports it
-    if data[:2] != b"\xff\xd8":
+    if not is_jpeg(data):
         return None
     return {"encoded": data, "encoded_name": str(path), "index": index, "decode_size": size, "decode_full": full}
 

@@ -29,9 +29,7 @@ def square_uint8(image: Image.Image | np.ndarray, size: int) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     image = to_rgb(image)
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    nw, nh = target_size(*image.size, size, full=False)
     image = image.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=None)
     left, top = (nw - size) // 2, (nh - size) // 2
     image = image.crop((left, top, left + size, top + size))
@@ -45,11 +43,9 @@ def full_uint8(image: Image.Image | np.ndarray, size: int, max_aspect: float = 3
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     image = to_rgb(image)
-    w, h = image.size
-    scale = min(1.0, size / min(w, h), max_aspect * size / max(w, h))
-    if scale < 1:
-        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC,
-                             reducing_gap=None)
+    target = target_size(*image.size, size, full=True, max_aspect=max_aspect)
+    if target != image.size:
+        image = image.resize(target, Image.Resampling.BICUBIC, reducing_gap=None)
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
@@ -104,6 +100,11 @@ def decode_image(source: bytes | str | Path, size: int, name: str | None = None,
     return full_uint8(image, size) if full else square_uint8(image, size)
 
 
+def is_jpeg(data: bytes) -> bool:
+    """Starts with the JPEG start-of-image marker (what nvjpeg and the OpenCV path take)."""
+    return data[:2] == b"\xff\xd8"
+
+
 def target_size(w: int, h: int, size: int, full: bool, max_aspect: float = 3.0) -> tuple[int, int]:
     """(width, height) that square_uint8 (before its centre crop) or full_uint8 resizes a w x h image to."""
     if full:
@@ -120,7 +121,7 @@ def fast_jpeg(data: bytes, size: int, full: bool) -> torch.Tensor | None:
     of about 1 of 255). The EXIF orientation is applied as on the PIL path. None (use PIL) unless the file is a
     complete 8-bit RGB or grayscale JPEG: a truncated file (no end marker) must fail loudly in PIL rather than
     decode grey in OpenCV, and PIL handles CMYK and other modes."""
-    if data[:2] != b"\xff\xd8" or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+    if not is_jpeg(data) or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         return None
     try:
         header = Image.open(io.BytesIO(data))  # reads the header only

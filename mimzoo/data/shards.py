@@ -31,7 +31,7 @@ from webdataset.tariterators import base_plus_ext
 from ..checkpoint import atomic_path
 from ..errors import ConfigError
 from .folder import collate_images, report_corrupt
-from .images import IMAGE_EXTENSIONS, CorruptImageError, decode_image
+from .images import IMAGE_EXTENSIONS, CorruptImageError, decode_image, is_jpeg
 
 EXTENSIONS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 PAIR_KEYS = ("0.jpg", "1.jpg", "json")
@@ -212,7 +212,7 @@ def _images(samples, size: int, full: bool = False, device_decode: bool = False)
             report_corrupt(CorruptImageError(name, f"no image in the sample; keys are {sorted(sample)}"))
             yield {"image": None}
         for key in keys:
-            if device_decode and sample[key][:2] == b"\xff\xd8":  # decoded on the device (`device_decode`)
+            if device_decode and is_jpeg(sample[key]):  # decoded on the device (`device_decode`)
                 yield {"encoded": sample[key], "encoded_name": f"{name}.{key}", "index": sample_index(f"{name}.{key}"),
                        "decode_size": size, "decode_full": full}
                 continue
