@@ -49,8 +49,7 @@ def reference_structure(model) -> None:
 
 def time_training(model, views: dict, *, steps: int, warmup: int, device: str, reference: bool = False,
                   count_flops: bool = True) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
+    from mimzoo.flops import flop_counter
     from mimzoo.methods.base import weight_decay_groups
 
     cuda = device.startswith("cuda")
@@ -70,7 +69,7 @@ def time_training(model, views: dict, *, steps: int, warmup: int, device: str, r
 
     flops = None
     if count_flops:
-        counter = FlopCounterMode(display=False)
+        counter = flop_counter()  # counts the CPU attention kernel too (the --device cpu dry runs)
         with counter:
             step()
         flops = counter.get_total_flops()

@@ -236,7 +236,7 @@ def test_downstream_protocols_skip_every_proxy(parity_dir):
     is upstream's cls_token feature, the fine-tuning classifier reads upstream's avg_featmap."""
     from mimzoo.cli import zoo_parser
     from mimzoo.methods import Finetune
-    from mimzoo.tasks.features import POOLINGS, pooled
+    from mimzoo.tasks.pooling import POOLINGS, pooled
 
     folder = parity_dir / "semanticmim" / "maskfeat"
     io = load_file(folder / "io.safetensors")

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..models import ViT
 from ..optim import Optimization
-from ..tasks.features import pooled
 from ..tasks.linear import ProbeHead
+from ..tasks.pooling import pooled
 from ..views import MAEViews
 from .finetune import Classifier, ClassifierOutput
 

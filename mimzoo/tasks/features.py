@@ -16,58 +16,11 @@ from tqdm import tqdm
 
 from ..checkpoint import write_safetensors
 from ..errors import ConfigError
+from .pooling import check_pooling, pooled
 
-POOLINGS = ("default", "cls", "cls_prenorm", "cls_avg", "cls_last4", "cls_avg_last4", "avg", "proxies")
 FORMAT = 1  # of the cached features; bump when what `extract` computes for the same key changes
 KEY = "mimzoo_features_key"  # the safetensors metadata entry holding the key (JSON)
 log = logging.getLogger("mimzoo")
-
-
-def check_pooling(pooling: str) -> None:
-    if pooling not in POOLINGS:
-        raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
-
-
-def pooled(vit, images: torch.Tensor, pooling: str) -> torch.Tensor:
-    """'cls': the cls token after the final norm (MAE's linear probe, DINO's k-NN), 'cls_prenorm': the last block's
-    cls token before the final norm (the few-shot feature of MSN, SiameseIM and MIM-Refiner), 'avg': mean of the
-    final-normed patch tokens (CroCo, which has no cls token), 'default': what the model's own forward returns
-    (its converter sets the pooling of the checkpoint's paper). MIM-Refiner's probe grid also uses 'cls_avg'
-    ([cls, avg] after the final norm), 'cls_last4' (the raw cls tokens of the last 4 blocks, concatenated) and
-    'cls_avg_last4' ([cls, avg] of each of the last 4 raw block outputs). 'proxies': the mean of all prefix tokens
-    through the backbone's fc_norm, as its own average pooling is (SemanticMIM's `cls_token` feature: its P
-    proxies are equals, unlike a cls token and registers)."""
-    check_pooling(pooling)
-    if pooling == "default":
-        return vit(images)
-    if pooling in ("cls_prenorm", "cls_last4", "cls_avg_last4"):
-        if not vit.num_prefix_tokens:
-            raise ConfigError("this backbone has no cls token: use pooling='avg'")
-        n = 1 if pooling == "cls_prenorm" else min(4, len(vit.blocks))
-        blocks = vit.forward_intermediates(images, indices=n, intermediates_only=True, output_fmt="NLC",
-                                           return_prefix_tokens=True)  # raw outputs of the last n blocks
-        parts = [prefix[:, 0] for _, prefix in blocks]
-        if pooling == "cls_avg_last4":
-            parts = [torch.cat([prefix[:, 0], patches.mean(1)], dim=1) for patches, prefix in blocks]
-        return torch.cat(parts, dim=1)
-    tokens = vit.forward_features(images)
-    if pooling == "cls_avg":  # MIM-Refiner's probe feature: [cls, mean of the patch tokens]
-        return torch.cat([pooled_from_tokens(vit, tokens, "cls"), pooled_from_tokens(vit, tokens, "avg")], dim=1)
-    return pooled_from_tokens(vit, tokens, pooling)
-
-
-def pooled_from_tokens(vit, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
-    if pooling == "cls":
-        if not vit.num_prefix_tokens:
-            raise ConfigError("this backbone has no cls token: use pooling='avg'")
-        return tokens[:, 0]
-    if pooling == "proxies":
-        if not vit.num_prefix_tokens:
-            raise ConfigError("this backbone has no prefix (proxy) tokens: use pooling='avg'")
-        return vit.fc_norm(tokens[:, :vit.num_prefix_tokens].mean(1))
-    if pooling != "avg":
-        raise ConfigError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
-    return tokens[:, vit.num_prefix_tokens:].mean(1)
 
 
 def model_digest(vit: torch.nn.Module) -> str:
@@ -138,7 +91,8 @@ def cached_paths(cache: str | Path, key: dict) -> tuple[Path, Path]:
 
 @torch.no_grad()
 def extract(vit, loader, pooling: str = "default", device: str | None = None, cache: str | Path | None = None,
-            progress: bool = True, data=None, digest: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            progress: bool = True, data=None, digest: str | None = None,
+            devices: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) for every batch {"image": normalised float or uint8, "label"} of `loader`; batches
     emptied by unreadable images (`collate_images`) are skipped and counted.
 
@@ -146,7 +100,9 @@ def extract(vit, loader, pooling: str = "default", device: str | None = None, ca
     `features_key` in the metadata, and read back only for the same key: pass `data` (e.g. the dataset's name,
     split and transform) so that features of other images are never reused. A file holding another key is
     left alone and the features go to `<stem>-<key digest>.safetensors` beside it; an unreadable one is
-    replaced; each case is one log line. `digest`: a precomputed `model_digest(vit)`."""
+    replaced; each case is one log line. `digest`: a precomputed `model_digest(vit)`. devices: extract on this
+    many devices of `device`'s kind through Lightning (`lightning_features`; the same features, one process per
+    device)."""
     check_pooling(pooling)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     target = None
@@ -167,6 +123,27 @@ def extract(vit, loader, pooling: str = "default", device: str | None = None, ca
             log.warning(f"features cache: not reusing {named}: it {why}; extracting into {beside}")
         elif why is not None:
             log.warning(f"features cache: {named} {why}; extracting again")
+    if devices is not None:
+        from .lightning_features import extract_on_devices
+
+        features, labels, skipped = extract_on_devices(vit, loader, pooling, devices, device, progress)
+        feats, labels = ([features], [labels]) if len(features) else ([], [])
+    else:
+        feats, labels, skipped = extract_here(vit, loader, pooling, device, progress)
+    of = f" of {data['dataset']} ({data.get('split', '?')})" if isinstance(data, dict) and "dataset" in data else ""
+    if not feats:
+        raise ConfigError(f"no features{of}: the loader gave no readable image ({skipped} unreadable)")
+    if skipped:
+        log.warning(f"features{of}: skipped {skipped} unreadable image(s); the features cover the other "
+                    f"{sum(map(len, labels))}")
+    out = torch.cat(feats), torch.cat(labels)
+    if target is not None:
+        write_safetensors({"features": out[0], "labels": out[1]}, target, metadata={KEY: json.dumps(key)})
+    return out
+
+
+def extract_here(vit, loader, pooling: str, device: str, progress: bool) -> tuple[list, list, int]:
+    """Features and labels of each batch of `loader`, in this process, and the number of unreadable images."""
     vit = vit.to(device).eval()
     mean = torch.tensor(vit.data_config["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(vit.data_config["std"], device=device).view(1, 3, 1, 1)
@@ -182,16 +159,7 @@ def extract(vit, loader, pooling: str = "default", device: str | None = None, ca
         with autocast:
             feats.append(pooled(vit, images, pooling).float().cpu())
         labels.append(batch["label"].cpu())
-    of = f" of {data['dataset']} ({data.get('split', '?')})" if isinstance(data, dict) and "dataset" in data else ""
-    if not feats:
-        raise ConfigError(f"no features{of}: the loader gave no readable image ({skipped} unreadable)")
-    if skipped:
-        log.warning(f"features{of}: skipped {skipped} unreadable image(s); the features cover the other "
-                    f"{sum(map(len, labels))}")
-    out = torch.cat(feats), torch.cat(labels)
-    if target is not None:
-        write_safetensors({"features": out[0], "labels": out[1]}, target, metadata={KEY: json.dumps(key)})
-    return out
+    return feats, labels, skipped
 
 
 def check_labels(train_labels: torch.Tensor, test_labels: torch.Tensor, what: str = "the data",

@@ -23,7 +23,7 @@ class KNNMonitor(L.Callback):
     Args:
         data: "digits" (scikit-learn's, no download) or an ImageNet-style folder with train/ and val/.
         k, temperature: MIM-Refiner's 10 and 0.07.
-        pooling: the feature (`mimzoo.tasks.features.POOLINGS`); MIM-Refiner's is the last block's cls token before
+        pooling: the feature (`mimzoo.tasks.pooling.POOLINGS`); MIM-Refiner's is the last block's cls token before
             the final norm ("cls_prenorm").
         standardize: standardise the features with the training split's statistics first (MIM-Refiner).
         every_n_epochs: measure after every n-th epoch.
