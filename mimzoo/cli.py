@@ -242,6 +242,22 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .tasks.bench import bench
+
+    settings = {k: getattr(args, k) for k in ("ks", "temperature", "standardize", "epochs", "lr", "probe_batch_size",
+                                              "warmup_epochs", "seed", "shots", "seeds", "lambd", "preprocess_test",
+                                              "pooling", "fewshot_pooling")}
+    done = bench(args.models, args.data, args.probes, args.out, size=args.size, batch_size=args.batch_size,
+                 workers=args.workers, device=args.device, devices=args.devices, progress=not args.quiet, **settings)
+    print(f"{len(done['computed'])} (model, probe) pairs computed, {len(done['reused'])} kept from an earlier run, "
+          f"{len(done['failed'])} failed -> {args.out}/bench.json, bench.md, bench.png", file=sys.stderr)
+    for model, probe_name in done["failed"]:
+        row = next(r for r in done["rows"] if r["model"] == model and r["probe"] == probe_name)
+        print(f"failed: {probe_name} on {model}: {row['error']}", file=sys.stderr)
+    return 1 if done["failed"] else 0
+
+
 def zoo_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mimzoo", description="masked image modeling model zoo")
     sub = p.add_subparsers(dest="command", required=True)
@@ -355,6 +371,36 @@ def zoo_parser() -> argparse.ArgumentParser:
     few.add_argument("--preprocess-test", action="store_true",
                      help="centre + L2-normalise the test features too (MSN's script; MIM-Refiner does not)")
     pr.set_defaults(func=cmd_probe)
+    b = sub.add_parser("bench", help="the same probes, preprocessing and seeds over many checkpoints: "
+                                     "OUT/bench.json (one row per model x probe x metric), bench.md, bench.png")
+    b.add_argument("--models", nargs="+", required=True,
+                   help="zoo names, patterns ('mae_*'), checkpoint files or folders, hf-hub:org/repo")
+    b.add_argument("--data", required=True, help="'digits' (built in) or an ImageNet-style folder (train/, val/)")
+    b.add_argument("--probes", default="knn,linear,fewshot", help="comma-separated: knn, linear, fewshot")
+    b.add_argument("--out", required=True, help="folder of bench.json / .md / .png; a rerun keeps finished rows")
+    b.add_argument("--size", type=int, default=None, help="input size of every model (default: each model's own)")
+    b.add_argument("--batch-size", type=int, default=128, help="feature extraction batch size")
+    b.add_argument("--workers", type=int, default=4)
+    b.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    b.add_argument("--devices", type=int, default=None,
+                   help="extract features on this many devices through Lightning (one process each)")
+    b.add_argument("--quiet", action="store_true")
+    bs = b.add_argument_group("probe settings (default: those of `mimzoo probe`)")
+    bs.add_argument("--pooling", default=None, help="knn and linear feature (default: the checkpoint's own)")
+    bs.add_argument("--fewshot-pooling", default=None, help="few-shot feature (default cls_prenorm; avg without cls)")
+    bs.add_argument("--k", dest="ks", type=int, nargs="+", default=None, help="knn (20 200)")
+    bs.add_argument("--temperature", type=float, default=None, help="knn (0.07)")
+    bs.add_argument("--standardize", action="store_true", default=None, help="knn: MIM-Refiner's standardisation")
+    bs.add_argument("--epochs", type=int, default=None, help="linear (90)")
+    bs.add_argument("--lr", type=float, default=None, help="linear LARS lr (6.4)")
+    bs.add_argument("--probe-batch-size", type=int, default=None, help="linear (256)")
+    bs.add_argument("--warmup-epochs", type=float, default=None, help="linear (10)")
+    bs.add_argument("--seed", type=int, default=None, help="linear (0)")
+    bs.add_argument("--shots", type=int, nargs="+", default=None, help="fewshot (1 2 5)")
+    bs.add_argument("--seeds", type=int, nargs="+", default=None, help="fewshot (0 1 2)")
+    bs.add_argument("--lambd", type=float, default=None, help="fewshot (0.00025)")
+    bs.add_argument("--preprocess-test", action="store_true", default=None, help="fewshot: MSN's test preprocessing")
+    b.set_defaults(func=cmd_bench)
     from .reconstruct import cmd_reconstruct  # torch-free import: the parser stays quick
 
     r = sub.add_parser("reconstruct", help="what a pretrainer (MAE, CroCo, MIMIC) fills in on your images: one row "
