@@ -46,6 +46,9 @@ def provenance(config: dict, source: str | os.PathLike | None = None) -> dict:
         facts.setdefault("base_model", origin[len("hf-hub:"):].partition("@")[0])
     if config.get("source_format") or config.get("format") not in (None, "mimzoo"):
         facts.setdefault("format", config.get("source_format") or config.get("format"))
+    method = (zoo.entry(name).get("method") if name else None) or config.get("method")
+    if method:  # the family that trained the weights (what `mimzoo bench` colours a point by)
+        facts.setdefault("method", method)
     return facts
 
 

@@ -252,9 +252,12 @@ def cmd_bench(args) -> int:
                  workers=args.workers, device=args.device, devices=args.devices, progress=not args.quiet, **settings)
     print(f"{len(done['computed'])} (model, probe) pairs computed, {len(done['reused'])} kept from an earlier run, "
           f"{len(done['failed'])} failed -> {args.out}/bench.json, bench.md, bench.png", file=sys.stderr)
+    failed = {}
     for model, probe_name in done["failed"]:
-        row = next(r for r in done["rows"] if r["model"] == model and r["probe"] == probe_name)
-        print(f"failed: {probe_name} on {model}: {row['error']}", file=sys.stderr)
+        failed.setdefault(model, []).append(probe_name)
+    for model, probes in failed.items():  # one line per model (a load failure fails all its probes)
+        error = next(r["error"] for r in done["rows"] if r["model"] == model and r["probe"] == probes[0])
+        print(f"failed: {model} ({', '.join(probes)}): {error}", file=sys.stderr)
     return 1 if done["failed"] else 0
 
 

@@ -138,7 +138,8 @@ def load_model(spec: str, size: int | None) -> Loaded:
     vit = loading.backbone(converted, num_classes=0, img_size=size).eval()
     entry = zoo.registry().get(spec) if spec in zoo.registry() else None
     name = zoo.entry(spec)["name"] if entry else spec
-    method = (zoo.entry(spec).get("method") if entry else None) or converted.config.get("method")
+    method = (zoo.entry(spec).get("method") if entry else None) or converted.config.get("method") or \
+        (converted.config.get("provenance") or {}).get("method")
     return Loaded(vit, name, method, model_digest(vit))
 
 
@@ -206,9 +207,10 @@ def replaced(rows: list[dict], new: list[dict], path: Path) -> list[dict]:
 
 
 def slot(row: dict) -> tuple:
-    """What a row answers (this model name, this probe and settings, this dataset), whatever the weights: a newer
-    row for the same slot replaces it."""
-    return row["model"], row["probe"], json.dumps(row.get("settings"), sort_keys=True), row.get("data")
+    """What a row answers (this model name at this asked input size, this probe and settings, this dataset),
+    whatever the weights: a newer row for the same slot replaces it."""
+    return row["model"], row.get("size_asked"), row["probe"], json.dumps(row.get("settings"), sort_keys=True), \
+        row.get("data")
 
 
 def now() -> str:
@@ -262,7 +264,7 @@ def bench(models: list[str], data: str, probes: list[str] | str, out: str | Path
 def bench_model(spec: str, wanted: dict, data: str, data_name: str, splits, rows: list[dict], path: Path,
                 summary: dict, *, size, batch_size, workers, device, devices, progress) -> list[dict]:
     """Run (or keep) every probe of one model; returns the updated rows, written after each probe."""
-    base = {"model": spec, "data": data_name}
+    base = {"model": spec, "size_asked": size, "data": data_name}
     try:
         model = load_model(spec, size)
     except Exception as e:  # a bad file, an unknown name, a failed download: this model's rows say why
@@ -279,7 +281,7 @@ def bench_model(spec: str, wanted: dict, data: str, data_name: str, splits, rows
         pooling = usable_pooling(model.vit, settings["pooling"])
         key = key_digest({"format": FORMAT, "model": model.digest, "probe": name, "settings": settings,
                           "feature": pooling, "data": described})
-        mine = [r for r in rows if slot(r) == (spec, name, json.dumps(settings, sort_keys=True), data_name)]
+        mine = [r for r in rows if slot(r) == (spec, size, name, json.dumps(settings, sort_keys=True), data_name)]
         if mine and all(r.get("status") == "ok" and r.get("key") == key for r in mine):
             summary["reused"].append((spec, name))
             continue
@@ -299,11 +301,11 @@ def bench_model(spec: str, wanted: dict, data: str, data_name: str, splits, rows
                              "error": error, "finished": now()}], path)
             summary["failed"].append((spec, name))
             continue
-        common = {**base, "name": model.name, "method": model.method, "probe": name, "settings": settings,
-                  "feature": feature_name(model.vit, pooling), "image_size": vit_size, **model.facts,
-                  "devices": devices or 1, "model_digest": model.digest, "key": key,
-                  "seconds": round(time.perf_counter() - start, 1), "finished": now(), "mimzoo": __version__,
-                  "status": "ok"}
-        rows = replaced(rows, [{**common, **m} for m in metric_rows(name, result)], path)
+        common = {"feature": feature_name(model.vit, pooling), "image_size": vit_size, **model.facts,
+                  "devices": devices or 1, "method": model.method, "settings": settings, "data": data_name,
+                  "model_digest": model.digest, "key": key, "seconds": round(time.perf_counter() - start, 1),
+                  "finished": now(), "mimzoo": __version__, "status": "ok"}
+        rows = replaced(rows, [{"model": spec, "size_asked": size, "name": model.name, "probe": name, **m, **common}
+                               for m in metric_rows(name, result)], path)
         summary["computed"].append((spec, name))
     return rows

@@ -48,12 +48,21 @@ def protocol_title(data: str, probe: str, settings: dict) -> str:
     return f"{Path(data).name if data != 'digits' else data} · {probe} ({' · '.join(said)})"
 
 
-def by_model(rows: list[dict]) -> dict[str, dict[str, dict]]:
-    """{model: {metric: row}} of one group."""
-    out: dict[str, dict[str, dict]] = {}
+def by_model(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """{(model, asked size): {metric: row}} of one group."""
+    out: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        out.setdefault(r["model"], {})[r["metric"]] = r
+        out.setdefault((r["model"], r.get("size_asked")), {})[r["metric"]] = r
     return out
+
+
+def labels(rows: list[dict]) -> dict[tuple, str]:
+    """A short name per (model, asked size) of a group; "@size" where a model is there at several sizes."""
+    sizes: dict[str, set] = {}
+    for r in rows:
+        sizes.setdefault(r["model"], set()).add(r.get("size_asked"))
+    return {(r["model"], r.get("size_asked")): short(r["name"]) + (f" @{r['image_size']}" if len(sizes[r["model"]]) > 1
+                                                                  else "") for r in rows}
 
 
 def value_text(row: dict | None) -> str:
@@ -71,7 +80,7 @@ def leaderboard(rows: list[dict]) -> str:
     for (data, probe, settings), members in groups(rows).items():
         settings = json.loads(settings)
         top = headline(probe, settings)
-        models = by_model(members)
+        models, names = by_model(members), labels(members)
         metrics = [top] + sorted({m for ms in models.values() for m in ms} - {top})
         order = sorted(models, key=lambda m: -(models[m][top]["value"] if top in models[m] else -math.inf))
         lines += [f"## {protocol_title(data, probe, members[0]['settings'])}", "",
@@ -81,7 +90,7 @@ def leaderboard(rows: list[dict]) -> str:
             first = next(iter(models[model].values()))
             cells = [value_text(models[model].get(m)) for m in metrics]
             cells[0] = f"**{cells[0]}**"
-            lines.append(f"| {rank} | {short(first['name'])} | " + " | ".join(cells) +
+            lines.append(f"| {rank} | {names[model]} | " + " | ".join(cells) +
                          f" | {first['feature']} | {first['image_size']} | {first['params'] / 1e6:.2f} | "
                          f"{first['gflops']:.3g} | {first['images_per_s']} ({first['speed_device']}) |")
         lines.append("")
@@ -155,13 +164,26 @@ def panel(members: list[dict], title: str, metric: str, colours: dict[str, str])
     label = Image.new("RGB", (bottom - top, 20), "white")
     ImageDraw.Draw(label).text(((bottom - top) / 2, 10), f"{metric} (%)", fill="black", font=normal, anchor="mm")
     img.paste(label.rotate(90, expand=True), (8, top))
-    # labels keep clear of every point and of each other
+    names = labels(points)
+    curves: dict[str, list[dict]] = {}
+    for r in points:  # one model at several input sizes: a line through its points, cheapest first
+        curves.setdefault(r["model"], []).append(r)
+    for curve in curves.values():
+        if len(curve) > 1:
+            xy = [(px(r["gflops"]), py(r["value"])) for r in sorted(curve, key=lambda r: r["gflops"])]
+            draw.line(xy, fill=colours.get(curve[0].get("method") or "", COLOURS[-1]), width=2)
+    # one label per model: beside a lone point its name and value, at a line's costliest end its name (the values
+    # are in bench.md); labels keep clear of every point and of each other
     boxes = [(px(r["gflops"]) - 6, py(r["value"]) - 6, px(r["gflops"]) + 6, py(r["value"]) + 6) for r in points]
-    for r in sorted(points, key=lambda r: -r["value"]):
-        x, y = px(r["gflops"]), py(r["value"])
+    for r in points:
         colour = colours.get(r.get("method") or "", COLOURS[-1])
+        x, y = px(r["gflops"]), py(r["value"])
         draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=colour, outline="black")
-        text = f"{short(r['name'])} {r['value']:.1f}"
+    ends = [max(curve, key=lambda r: r["gflops"]) for curve in curves.values()]
+    for r in sorted(ends, key=lambda r: -r["value"]):
+        x, y = px(r["gflops"]), py(r["value"])
+        text = short(r["name"]) if len(curves[r["model"]]) > 1 else f"{names[(r['model'], r.get('size_asked'))]} " \
+            f"{r['value']:.1f}"
         box = label_box(x, y, draw.textlength(text, font=small), (left, top, right, bottom), boxes)
         boxes.append(box)
         draw.text((box[0], (box[1] + box[3]) / 2), text, fill="black", font=small, anchor="lm")
