@@ -289,7 +289,7 @@ def bench_model(spec: str, wanted: dict, data: str, data_name: str, splits, rows
         try:
             features = probe.feature_sets(model.vit, data, [pooling], batch_size, workers,
                                           cache_dir=str(path.parent / "features" / model.digest[:16]),
-                                          progress=False, device=device, devices=devices, digest=model.digest)
+                                          progress=progress, device=device, devices=devices, digest=model.digest)
             result = score(name, features[pooling], settings)
             if not model.facts:
                 loader = probe.data_loaders(data, vit_size, batch_size, 0, splits)[1]

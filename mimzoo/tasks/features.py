@@ -149,7 +149,7 @@ def extract_here(vit, loader, pooling: str, device: str, progress: bool) -> tupl
     std = torch.tensor(vit.data_config["std"], device=device).view(1, 3, 1, 1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     feats, labels, skipped = [], [], 0
-    for batch in tqdm(loader, desc="features", disable=not progress):
+    for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
         skipped += int(batch.get("skipped", 0))
         if len(batch["image"]) == 0:  # every image of the batch was unreadable
             continue
