@@ -225,3 +225,21 @@ def test_input_sizes_are_rows_of_their_own(models, tmp_path):
     assert {r["image_size"] for r in resized} == {48} and resized[0]["gflops"] > native[0]["gflops"]
     board = (out / "bench.md").read_text()
     assert f"{short(models[0])} @32 |" in board and f"{short(models[0])} @48 |" in board
+
+
+def test_checkpoints_of_the_same_file_name_are_told_apart_in_the_report():
+    from mimzoo.tasks.bench_report import leaderboard, picture
+
+    settings = bench.DEFAULTS["knn"]
+    rows = [{"model": f"runs/{run}/checkpoints/last.ckpt", "size_asked": None,
+             "name": f"runs/{run}/checkpoints/last.ckpt",
+             "probe": "knn", "metric": metric, "value": value, "feature": "default (cls)", "image_size": 224,
+             "params": 5_000_000, "gflops": gflops, "images_per_s": 10.0, "speed_device": "cpu", "method": "mae",
+             "settings": settings, "data": "digits", "status": "ok"}
+            for run, gflops, top1 in (("a", 1.0, 60.0), ("b", 30.0, 70.0))
+            for metric, value in (("knn20_top1", top1), ("knn200_top1", top1 - 5))]
+    board = leaderboard(rows)
+    assert "| 1 | b/checkpoints/last.ckpt | **70.00** | 65.00 |" in board
+    assert "| 2 | a/checkpoints/last.ckpt | **60.00** | 55.00 |" in board
+    sheet = picture(rows)
+    assert sheet.size == (600, 440 + 28)  # one protocol: one panel, and the legend

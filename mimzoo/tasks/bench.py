@@ -130,7 +130,7 @@ class Loaded:
     name: str
     method: str | None
     digest: str
-    facts: dict = field(default_factory=dict)  # params, gflops, images/s: measured once, when a probe runs
+    facts: dict = field(default_factory=dict)  # {pooling: params, gflops, images/s}, measured when a probe runs
 
 
 def load_model(spec: str, size: int | None) -> Loaded:
@@ -291,9 +291,9 @@ def bench_model(spec: str, wanted: dict, data: str, data_name: str, splits, rows
                                           cache_dir=str(path.parent / "features" / model.digest[:16]),
                                           progress=progress, device=device, devices=devices, digest=model.digest)
             result = score(name, features[pooling], settings)
-            if not model.facts:
+            if pooling not in model.facts:
                 loader = probe.data_loaders(data, vit_size, batch_size, 0, splits)[1]
-                model.facts = measure(model.vit, loader, pooling, device)
+                model.facts[pooling] = measure(model.vit, loader, pooling, device)
         except Exception as e:  # one probe failing on one model (memory, a feature it lacks) leaves the rest
             error = one_line(e)
             log.warning(f"bench: {name} on {spec} failed ({error}); going on")
@@ -301,7 +301,7 @@ def bench_model(spec: str, wanted: dict, data: str, data_name: str, splits, rows
                              "error": error, "finished": now()}], path)
             summary["failed"].append((spec, name))
             continue
-        common = {"feature": feature_name(model.vit, pooling), "image_size": vit_size, **model.facts,
+        common = {"feature": feature_name(model.vit, pooling), "image_size": vit_size, **model.facts[pooling],
                   "devices": devices or 1, "method": model.method, "settings": settings, "data": data_name,
                   "model_digest": model.digest, "key": key, "seconds": round(time.perf_counter() - start, 1),
                   "finished": now(), "mimzoo": __version__, "status": "ok"}

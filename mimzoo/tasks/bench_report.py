@@ -57,12 +57,24 @@ def by_model(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
 
 
 def labels(rows: list[dict]) -> dict[tuple, str]:
-    """A short name per (model, asked size) of a group; "@size" where a model is there at several sizes."""
+    """A short name per (model, asked size) of a group: paths by as many trailing parts as tell them apart (two
+    runs' checkpoints/last.ckpt), "@size" where a model is there at several sizes."""
+    models = sorted({r["model"]: r["name"] for r in rows}.items())
+    parts = {m: Path(name).parts if Path(name).parts else (name,) for m, name in models}
+    keep = {m: 2 for m in parts}
+    while True:
+        named = {m: "/".join(parts[m][-keep[m]:]) for m in parts}
+        clash = {m for m in parts if list(named.values()).count(named[m]) > 1 and keep[m] < len(parts[m])}
+        if not clash:
+            break
+        for m in clash:
+            keep[m] += 1
     sizes: dict[str, set] = {}
     for r in rows:
         sizes.setdefault(r["model"], set()).add(r.get("size_asked"))
-    return {(r["model"], r.get("size_asked")): short(r["name"]) + (f" @{r['image_size']}" if len(sizes[r["model"]]) > 1
-                                                                  else "") for r in rows}
+    return {(r["model"], r.get("size_asked")): named[r["model"]] + (f" @{r['image_size']}"
+                                                                    if len(sizes[r["model"]]) > 1 else "")
+            for r in rows}
 
 
 def value_text(row: dict | None) -> str:
@@ -182,8 +194,8 @@ def panel(members: list[dict], title: str, metric: str, colours: dict[str, str])
     ends = [max(curve, key=lambda r: r["gflops"]) for curve in curves.values()]
     for r in sorted(ends, key=lambda r: -r["value"]):
         x, y = px(r["gflops"]), py(r["value"])
-        text = short(r["name"]) if len(curves[r["model"]]) > 1 else f"{names[(r['model'], r.get('size_asked'))]} " \
-            f"{r['value']:.1f}"
+        name = names[(r["model"], r.get("size_asked"))]
+        text = name.rsplit(" @", 1)[0] if len(curves[r["model"]]) > 1 else f"{name} {r['value']:.1f}"
         box = label_box(x, y, draw.textlength(text, font=small), (left, top, right, bottom), boxes)
         boxes.append(box)
         draw.text((box[0], (box[1] + box[3]) / 2), text, fill="black", font=small, anchor="lm")
