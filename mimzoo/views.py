@@ -244,7 +244,24 @@ class MAEViews(_ViewMaker):
             return Views(self._out(x), boxes, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
         x, boxes, flipped = self._resized_crop(self._float(images), sizes, self.size, self.scale, self.ratio,
                                                self.hflip)
-        return Views(self._out(x), boxes, flipped)
+        return Views(self._train_out(x), boxes, flipped)
+
+    def _train_out(self, x: torch.Tensor) -> torch.Tensor:
+        return self._out(x)
+
+
+class FinetuneViews(MAEViews):
+    """MAE's fine-tuning view: `MAEViews`' RandomResizedCrop over each full image and flip (scale 0.08-1 here),
+    then `after` on the [0, 1] crops instead of the bare normalisation (RandAugment, normalisation, random erasing:
+    Kornia, held outside the state dict by `Augmentation`). Eval mode: MAE's eval transform."""
+
+    def __init__(self, size: int, after: nn.Module, scale: tuple[float, float] = (0.08, 1.0), **kwargs):
+        super().__init__(size, scale, **kwargs)
+        self.after = Augmentation(after)
+        self._stateless()
+
+    def _train_out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after(x.clamp(0, 1)).float()
 
 
 class PairViews(_ViewMaker):

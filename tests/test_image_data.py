@@ -19,6 +19,9 @@ from mimzoo.data import (
     sample_images,
 )
 from mimzoo.data.folder import _reported
+from mimzoo.errors import ConfigError
+
+from tiny import tiny
 
 
 def jpeg_bytes(seed: int, size=(48, 64)) -> bytes:
@@ -157,12 +160,33 @@ def test_class_folders(tmp_path):
     for split in ("train", "val"):
         for c in ("cat", "dog"):
             (tmp_path / split / c).mkdir(parents=True)
-            for i in range(2):
-                (tmp_path / split / c / f"{i}.jpg").write_bytes(jpeg_bytes(i + len(c)))
+            for i in range(2):  # a landscape and a portrait photo per class
+                shape = (48, 64) if i == 0 else (64, 40)
+                (tmp_path / split / c / f"{i}.jpg").write_bytes(jpeg_bytes(i + len(c), shape))
     dm = ClassFolderDataModule(root=str(tmp_path), size=32, batch_size=4, num_workers=0)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert sorted(batch["label"].tolist()) == [0, 0, 1, 1] and dm.classes == ["cat", "dog"]
+    # training decodes whole photos (crop="full"): shorter side 32, aspect kept, padded, true sizes beside
+    sizes = batch["image_size"].tolist()
+    aspects = sorted(round(h / w, 1) for h, w in sizes)
+    assert all(min(h, w) == 32 for h, w in sizes) and aspects == [0.7, 0.7, 1.6, 1.6]  # 48 x 64 and 64 x 40
+    assert tuple(batch["image"].shape[-2:]) == tuple(map(max, zip(*sizes)))
+    val = next(iter(dm.val_dataloader()))  # evaluation: the centre square, MAE's eval transform
+    assert val["image"].shape == (4, 3, 32, 32) and "image_size" not in val
+    square = ClassFolderDataModule(root=str(tmp_path), size=32, batch_size=4, num_workers=0, crop="square")
+    square.setup("fit")
+    assert next(iter(square.train_dataloader()))["image"].shape == (4, 3, 32, 32)
+    with pytest.raises(ConfigError, match="crop must be"):
+        ClassFolderDataModule(root=str(tmp_path), crop="centre")
+
+    # fine-tuning trains on those padded batches, its crops inside each photo
+    model = tiny("finetune", num_classes=2, image_size=32).train()
+    views = model.on_after_batch_transfer(dict(batch), 0)
+    assert views["image"].shape == (4, 3, 32, 32) and "image_size" not in views
+    loss = model.training_loss(views).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.backbone.head.weight.grad is not None
 
 
 def test_class_folder_layout_errors(tmp_path):

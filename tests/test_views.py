@@ -8,6 +8,7 @@ from mimzoo.models import IMAGENET_MEAN, IMAGENET_STD
 from mimzoo.views import CroCoPairViews, MAEViews, PairViews, TwoCropViews, relative_boxes
 
 from conftest import load_io
+from tiny import tiny
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -130,12 +131,16 @@ def test_padded_images_of_different_sizes_are_cropped_inside_their_own_extent():
     for b, p in enumerate(photos):
         batch[b, :, : p.shape[1], : p.shape[2]] = p
     true = torch.tensor(sizes)
-    for seed in range(4):
-        out = MAEViews(size=32, scale=(0.2, 1.0))(batch, seed=seed, sizes=true)
-        for b, (h, w) in enumerate(sizes):
-            check_boxes(out.boxes[b:b + 1], h, w, (0.2, 1.0), (3 / 4, 4 / 3))
-        check_pixels(torch.stack([torch.nn.functional.pad(p, (0, 90 - p.shape[2], 0, 90 - p.shape[1]))
-                                  for p in photos]), out.boxes, out.flipped, out.images, 32)
+    # MAE's pretraining view, and fine-tuning's (its RandomResizedCrop over the full image, then the Kornia steps:
+    # here only the normalisation, RandAugment and erasing off, to compare pixels)
+    finetune = tiny("finetune", image_size=32, randaug_n=0, reprob=0.0).train_views.train()
+    for views, scale in ((MAEViews(size=32, scale=(0.2, 1.0)), (0.2, 1.0)), (finetune, (0.08, 1.0))):
+        for seed in range(4):
+            out = views(batch, seed=seed, sizes=true)
+            for b, (h, w) in enumerate(sizes):
+                check_boxes(out.boxes[b:b + 1], h, w, scale, (3 / 4, 4 / 3))
+            check_pixels(torch.stack([torch.nn.functional.pad(p, (0, 90 - p.shape[2], 0, 90 - p.shape[1]))
+                                      for p in photos]), out.boxes, out.flipped, out.images, 32)
     two = TwoCropViews(size=32, color=False)(batch, seed=0, sizes=true)
     rel = two.relative_boxes()
     widths = true[:, 1].float()

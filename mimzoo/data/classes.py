@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from torch.utils.data import DataLoader
 
@@ -33,11 +34,19 @@ def class_folder(split: Path, classes: list[str] | None = None) -> tuple[list[Pa
 
 
 class ClassFolderDataModule(BaseDataModule):
-    """Batches {"image": uint8 (B, 3, size, size), "label": int64 (B,), "index"}; augmentation runs on the device
-    in the method. `size` is the decode size (the views crop from it)."""
+    """Batches {"image": uint8 (B, 3, h, w), "label": int64 (B,), "index"}; augmentation runs on the device in the
+    method. `size` is the decode size (the views crop from it). crop: "full" (training images keep their whole
+    extent and aspect, shorter side at most `size`, so the fine-tuning and linear-probe RandomResizedCrop samples
+    from the full photo as MAE's torchvision transform does; batches are zero-padded with each image's true size
+    under "image_size") or "square" (the centre square, resized to `size`). Validation always decodes the centre
+    square: resized to `size` (256) and centre-cropped by the method's evaluation view (224), it is MAE's eval
+    transform."""
 
     def __init__(self, root: str, train_split: str = "train", val_split: str = "val", size: int = 256,
-                 batch_size: int = 64, num_workers: int = 8, seed: int = 0, pin_memory: bool = True):
+                 batch_size: int = 64, num_workers: int = 8, seed: int = 0, pin_memory: bool = True,
+                 crop: Literal["full", "square"] = "full"):
+        if crop not in ("full", "square"):
+            raise ConfigError(f"crop must be 'full' or 'square', got {crop!r}")
         super().__init__()
         self.save_hyperparameters()
         self.batch_size = batch_size
@@ -50,7 +59,8 @@ class ClassFolderDataModule(BaseDataModule):
 
     def train_dataloader(self) -> DataLoader:
         files, labels, _ = self.train
-        return self.resumable_loader(ImageFolderDataset(files, self.hparams.size, labels))
+        return self.resumable_loader(ImageFolderDataset(files, self.hparams.size, labels,
+                                                        full=self.hparams.crop == "full"))
 
     def val_dataloader(self) -> DataLoader:
         files, labels, _ = self.val

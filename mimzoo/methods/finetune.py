@@ -16,7 +16,7 @@ from timm.loss import SoftTargetCrossEntropy
 from ..errors import ConfigError
 from ..models import ViT
 from ..optim import Optimization
-from ..views import Augmentation, EvalView
+from ..views import EvalView, FinetuneViews
 from .base import Method
 
 # parts of a classifier ViT that fine-tuning rebuilds (a pretrained encoder has none, or another task's)
@@ -67,8 +67,10 @@ class Classifier(Method):
         self.val_top5 = torchmetrics.Accuracy("multiclass", num_classes=num_classes, top_k=min(5, num_classes))
 
     def make_views(self, batch: dict) -> dict:
+        """Training views crop inside each image's true size when the batch holds padded full images
+        (`crop="full"`, "image_size"); evaluation takes the centre square the loader decodes."""
         if self.training:
-            return {"image": self.train_views(batch["image"].float() / 255)}
+            return {"image": self.train_views(batch["image"], sizes=batch.get("image_size")).images}
         return {"image": self.eval_views(batch["image"])}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -127,14 +129,13 @@ class Finetune(Classifier):
         if self.weights_file is not None:
             self._notes += notes
         mean, std = self.backbone.data_config["mean"], self.backbone.data_config["std"]
-        steps = [K.RandomResizedCrop((image_size, image_size), scale=(0.08, 1.0), resample="bicubic"),
-                 K.RandomHorizontalFlip()]
-        if randaug_n > 0:
-            steps.append(RandAugment(n=randaug_n, m=randaug_m))
+        # RandomResizedCrop(0.08-1, bicubic) + flip over each full image (`FinetuneViews`), then on the crops:
+        steps = [RandAugment(n=randaug_n, m=randaug_m)] if randaug_n > 0 else []
         steps.append(K.Normalize(torch.tensor(mean), torch.tensor(std)))
         if reprob > 0:
             steps.append(K.RandomErasing(p=reprob, value=0.0))
-        self.setup_classification(num_classes, Augmentation(K.AugmentationSequential(*steps)), image_size)
+        views = FinetuneViews(image_size, K.AugmentationSequential(*steps), scale=(0.08, 1.0), mean=mean, std=std)
+        self.setup_classification(num_classes, views, image_size)
         self.mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing,
                            num_classes=num_classes) if mixup > 0 or cutmix > 0 else None
         self.train_loss = SoftTargetCrossEntropy()

@@ -75,11 +75,6 @@ class LinearProbe(Classifier):
                                   image_size)
         self.load_file_parts()
 
-    def make_views(self, batch: dict) -> dict:
-        if self.training:
-            return {"image": self.train_views(batch["image"], sizes=batch.get("image_size")).images}
-        return {"image": self.eval_views(batch["image"])}
-
     def train(self, mode: bool = True) -> LinearProbe:
         super().train(mode)
         self.backbone.eval()
