@@ -243,3 +243,27 @@ def test_checkpoints_of_the_same_file_name_are_told_apart_in_the_report():
     assert "| 2 | a/checkpoints/last.ckpt | **60.00** | 55.00 |" in board
     sheet = picture(rows)
     assert sheet.size == (600, 440 + 28)  # one protocol: one panel, and the legend
+
+
+def test_a_folder_bench_is_recomputed_when_a_file_changes(models, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        for label, colour in (("red", (200, 30, 30)), ("blue", (30, 30, 200))):
+            (root / split / label).mkdir(parents=True)
+            for i in range(3):
+                pixels = np.clip(np.array(colour) + rng.integers(-30, 30, (40, 48, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / label / f"{i}.png")
+    out = tmp_path / "bench"
+    first = bench.bench(models[:1], str(root), "knn", out, progress=False, ks=[3], workers=0)
+    assert first["computed"] == [(models[0], "knn")]
+    assert values(first["rows"], models[0], "knn") == {"knn3_top1": 100.0}  # two flat colours: told apart
+    assert first["rows"][0]["data"] == str(root.resolve())
+    again = bench.bench(models[:1], str(root), "knn", out, progress=False, ks=[3], workers=0)
+    assert again["reused"] == [(models[0], "knn")]
+
+    Image.fromarray(np.full((40, 48, 3), 128, np.uint8)).save(root / "val" / "red" / "0.png")  # one image replaced
+    changed = bench.bench(models[:1], str(root), "knn", out, progress=False, ks=[3], workers=0)
+    assert changed["computed"] == [(models[0], "knn")] and len(changed["rows"]) == 1
