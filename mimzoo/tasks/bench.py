@@ -136,11 +136,10 @@ class Loaded:
 def load_model(spec: str, size: int | None) -> Loaded:
     converted = loading.read(spec, progress=False)
     vit = loading.backbone(converted, num_classes=0, img_size=size).eval()
-    entry = zoo.registry().get(spec) if spec in zoo.registry() else None
-    name = zoo.entry(spec)["name"] if entry else spec
-    method = (zoo.entry(spec).get("method") if entry else None) or converted.config.get("method") or \
+    entry = zoo.entry(spec) if spec in zoo.registry() and not Path(spec).exists() else {}  # as `loading.read` says
+    method = entry.get("method") or converted.config.get("method") or \
         (converted.config.get("provenance") or {}).get("method")
-    return Loaded(vit, name, method, model_digest(vit))
+    return Loaded(vit, entry.get("name", spec), method, model_digest(vit))
 
 
 def feature_name(vit, pooling: str) -> str:
@@ -188,8 +187,8 @@ def read_rows(path: Path) -> list[dict]:
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not a bench.json ({e}); move it away or pick another --out") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("rows"), list):
-        raise ConfigError(f"{path} is not a bench.json of this mimzoo (format {FORMAT}); move it away or "
-                                  f"pick another --out")
+        raise ConfigError(f"{path} is not a bench.json of this mimzoo (format {FORMAT}); move it away or pick "
+                          f"another --out")
     return doc["rows"]
 
 

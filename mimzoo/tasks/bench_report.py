@@ -163,7 +163,8 @@ def panel(members: list[dict], title: str, metric: str, colours: dict[str, str])
         y = py(t)
         draw.line([(left, y), (right, y)], fill="#e6e6e6")
         draw.text((left - 6, y), f"{t:g}", fill="black", font=small, anchor="rm")
-    xticks = [10 ** e for e in range(math.floor(x0), math.ceil(x1) + 1)] if log_x else nice_ticks(x0, x1)
+    xticks = [m * 10 ** e for e in range(math.floor(x0), math.ceil(x1) + 1) for m in (1, 2, 5)] if log_x \
+        else nice_ticks(x0, x1)
     for t in xticks:
         if x0 - 1e-9 <= fx(t) <= x1 + 1e-9:
             x = px(t)
