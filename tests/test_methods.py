@@ -5,6 +5,7 @@ and as pretrainer) give back the same model; a recipe trains it. A new method is
 (and one `tests/tiny.py` entry); a registered method without one fails `test_every_method_has_a_spec`."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 import mimzoo
+from mimzoo.errors import ConfigError
 from mimzoo.methods import METHODS
 
 from conftest import assert_close, load_io
@@ -217,3 +219,35 @@ def test_the_training_forward_is_one_graph_and_does_not_recompile(name):
         assert counter.frame_count == 1, f"{name}: {counter.frame_count} graphs for two steps"
     finally:
         torch._dynamo.reset()
+
+
+COMPILABLE = sorted(n for n, c in METHODS.items() if "compile" in inspect.signature(c.__init__).parameters)
+
+
+@pytest.mark.parametrize("name", COMPILABLE)
+def test_regional_compilation_compiles_each_block_and_keeps_the_loss(name):
+    """compile="regional": every block of every `blocks` list is compiled in place (the state dict keeps its
+    keys), and a training step gives the eager step's loss and gradients."""
+    spec = SPECS[name]
+    eager, regional = tiny(name).train(), tiny(name, compile="regional").train()  # same seed, same weights
+    assert regional.state_dict().keys() == eager.state_dict().keys()
+    lists = [m for n, m in regional.named_modules() if n.rpartition(".")[2] == "blocks"]
+    assert lists and all(b._compiled_call_impl is not None for blocks in lists for b in blocks)
+    torch._dynamo.reset()
+    try:
+        views = eager.on_after_batch_transfer(spec.batch(4), 0)
+        losses = []
+        for model in (eager, regional):
+            torch.manual_seed(1)  # the same masks
+            loss = model.training_loss(views).loss
+            loss.backward()
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+        grads = [dict((n, p.grad) for n, p in m.named_parameters() if p.grad is not None) for m in (eager, regional)]
+        assert grads[0].keys() == grads[1].keys()
+        for k in grads[0]:
+            torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-3, atol=1e-5)
+    finally:
+        torch._dynamo.reset()
+    with pytest.raises(ConfigError, match="compile must be"):
+        tiny(name, compile="blocks")

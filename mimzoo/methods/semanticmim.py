@@ -58,7 +58,8 @@ class SemanticMIM(Method):
         image_size, crop_scale: the training views (RandomResizedCrop + flip).
         optim: optimisation (MaskFeat-SemanticMIM: blr 2e-4, AdamW(0.9, 0.999), wd 0.05; the recipes clip
             gradients at 0.02 through the trainer).
-        compile: `torch.compile` the forward pass.
+        compile: `torch.compile` the forward pass (True), or each transformer block ("regional": about half
+            the compile time, `Method.compiled`).
         picture_every_n_epochs: the proxies' attention maps on the first validation batch (`<run>/attention/`)
             every n validation epochs.
     """
@@ -79,7 +80,7 @@ class SemanticMIM(Method):
         image_size: int = 224,
         crop_scale: tuple[float, float] = (0.5, 1.0),
         optim: Optimization = Optimization(blr=2e-4, weight_decay=0.05, betas=(0.9, 0.999), warmup_epochs=30),
-        compile: bool = False,
+        compile: bool | Literal["regional"] = False,
         picture_every_n_epochs: int = 1,
     ):
         super().__init__()
@@ -113,7 +114,7 @@ class SemanticMIM(Method):
         self.num_masked = round(vit.num_patches * mask_ratio)
         self.views = MAEViews(size=image_size, scale=tuple(crop_scale), mean=vit.data_config["mean"],
                               std=vit.data_config["std"])
-        self._step = torch.compile(self._forward) if compile else self._forward
+        self._step = self.compiled(self._forward, compile)
         self.load_file_parts()
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -93,7 +94,8 @@ class SiameseIM(Method):
         base_momentum: the momentum at step 0 (cosine to 1.0 at the last step).
         image_size: the views' size; crop_scale: RandomResizedCrop's area range (release 0.08).
         optim: optimisation (release: blr 6.25e-5, AdamW(0.9, 0.95), wd 0.05, 40 warmup epochs).
-        compile: `torch.compile` the forward pass.
+        compile: `torch.compile` the forward pass (True), or each transformer block ("regional": about half
+            the compile time, `Method.compiled`).
         picture_every_n_epochs: the view-geometry picture every n validation epochs.
     """
 
@@ -114,7 +116,7 @@ class SiameseIM(Method):
         image_size: int = 224,
         crop_scale: tuple[float, float] = (0.08, 1.0),
         optim: Optimization = Optimization(blr=6.25e-5, weight_decay=0.05, betas=(0.9, 0.95), warmup_epochs=40),
-        compile: bool = False,
+        compile: bool | Literal["regional"] = False,
         picture_every_n_epochs: int = 1,
     ):
         super().__init__()
@@ -134,7 +136,7 @@ class SiameseIM(Method):
         self.momentum = MomentumTarget(vit, self.decoder)
         self.views = TwoCropViews(size=image_size, scale=tuple(crop_scale), mean=vit.data_config["mean"],
                                   std=vit.data_config["std"])
-        self._step = torch.compile(self._forward) if compile else self._forward
+        self._step = self.compiled(self._forward, compile)
         self._momentum_step = -1  # the optimizer step whose momentum update was applied
         self.load_file_parts(derived={"momentum": lambda: self.momentum.copy_from(self.backbone, self.decoder)})
 
