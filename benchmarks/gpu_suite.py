@@ -6,8 +6,9 @@
 
 Entries (each a training step = forward + backward + optimizer step on views made once on the device, unless
 said otherwise; images/s, ms/step, peak memory, and MFU from FLOPs counted by torch's FlopCounterMode on one step):
-- MAE ViT-B/16 and ViT-L/16: mimzoo bf16 eager, mimzoo bf16 torch.compile, and the official structure (explicit
-  softmax attention as timm 0.3.2, fp16 autocast + GradScaler, for-each AdamW), batch 256;
+- MAE ViT-B/16 and ViT-L/16: mimzoo bf16 eager, mimzoo bf16 torch.compile (ViT-B also regional: each block), and
+  the official structure (explicit softmax attention as timm 0.3.2, fp16 autocast + GradScaler, for-each AdamW),
+  batch 256;
 - CroCo v2 ViT-B (RoPE, 512 x 8 decoder, pairs), SiameseIM ViT-B, SemanticMIM ViT-B (8 proxies, HOG),
   MIM-Refiner ViT-L/16 (2 global + 10 local views, three heads), DPT depth fine-tuning ViT-B at 384 px;
 - k-NN: 50,000 queries against 1.28M x 768 synthetic fp16 features (k = 20), queries/s;
@@ -95,14 +96,14 @@ def time_training(model, views: dict, *, steps: int, warmup: int, device: str, r
     return row
 
 
-def method_entry(name: str, cls_name: str, kwargs: dict, *, size: int, batch: int, compile: bool = False,
+def method_entry(name: str, cls_name: str, kwargs: dict, *, size: int, batch: int, compile: bool | str = False,
                  reference: bool = False, views_kwargs: dict | None = None):
     def run(args) -> dict:
         from mimzoo import methods
 
         cls = getattr(methods, cls_name)
         torch.manual_seed(0)
-        extra = {"compile": True} if compile else {}
+        extra = {"compile": compile} if compile else {}  # True or "regional"
         model = cls(**kwargs, **extra).to(args.device).train()
         if reference:
             reference_structure(model)
@@ -195,6 +196,8 @@ def entries(tiny: bool) -> list:
         rows += [method_entry(f"MAE {label} mimzoo bf16 eager", "MAE", mae(arch), size=size, batch=b),
                  method_entry(f"MAE {label} mimzoo bf16 compiled", "MAE", mae(arch), size=size, batch=b,
                               compile=True),
+                 *([method_entry(f"MAE {label} mimzoo bf16 compiled regional", "MAE", mae(arch), size=size,
+                                 batch=b, compile="regional")] if label == "ViT-B/16" else []),
                  method_entry(f"MAE {label} official structure fp16 eager", "MAE", mae(arch), size=size, batch=b,
                               reference=True)]
     croco = {"backbone": B, "backbone_kwargs": {"img_size": size, "class_token": False, "pos_embed": "rope",

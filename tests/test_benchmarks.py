@@ -25,7 +25,7 @@ def test_every_entry_has_a_name_and_the_help_documents_the_run(capsys):
     import gpu_suite
 
     names = [name for name, _ in gpu_suite.entries(tiny=True)]
-    assert len(names) == len(set(names)) == 13
+    assert len(names) == len(set(names)) == 14
     with pytest.raises(SystemExit):
         gpu_suite.main(["--help"])
     assert "under\n8 minutes" in capsys.readouterr().out
