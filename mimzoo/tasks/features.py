@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..checkpoint import write_safetensors
 from ..errors import ConfigError
-from .pooling import check_pooling, pooled
+from .pooling import check_pooling, model_input, pooled
 
 FORMAT = 1  # of the cached features; bump when what `extract` computes for the same key changes
 KEY = "mimzoo_features_key"  # the safetensors metadata entry holding the key (JSON)
@@ -145,17 +145,13 @@ def extract(vit, loader, pooling: str = "default", device: str | None = None, ca
 def extract_here(vit, loader, pooling: str, device: str, progress: bool) -> tuple[list, list, int]:
     """Features and labels of each batch of `loader`, in this process, and the number of unreadable images."""
     vit = vit.to(device).eval()
-    mean = torch.tensor(vit.data_config["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(vit.data_config["std"], device=device).view(1, 3, 1, 1)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
     feats, labels, skipped = [], [], 0
     for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
         skipped += int(batch.get("skipped", 0))
         if len(batch["image"]) == 0:  # every image of the batch was unreadable
             continue
-        images = batch["image"].to(device, non_blocking=True)
-        if images.dtype == torch.uint8:
-            images = (images.float() / 255 - mean) / std
+        images = model_input(vit, batch["image"].to(device, non_blocking=True))
         with autocast:
             feats.append(pooled(vit, images, pooling).float().cpu())
         labels.append(batch["label"].cpu())

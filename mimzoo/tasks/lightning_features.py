@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
-from .pooling import pooled
+from .pooling import model_input, pooled
 
 
 class FeatureExtractor(L.LightningModule):
@@ -23,18 +23,15 @@ class FeatureExtractor(L.LightningModule):
     def __init__(self, vit: torch.nn.Module, pooling: str):
         super().__init__()
         self.vit, self.pooling = vit.eval(), pooling
-        self.register_buffer("mean", torch.tensor(vit.data_config["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(vit.data_config["std"]).view(1, 3, 1, 1), persistent=False)
 
     @torch.no_grad()
     def predict_step(self, batch: dict, batch_idx: int) -> dict | None:
         images = batch["image"]
         if len(images) == 0:  # every image of the batch was unreadable (`collate_images`)
             return {"skipped": int(batch.get("skipped", 0))}
-        if images.dtype == torch.uint8:
-            images = (images.float() / 255 - self.mean) / self.std
-        return {"features": pooled(self.vit, images, self.pooling).float(), "label": batch["label"],
-                "index": batch["index"], "skipped": int(batch.get("skipped", 0))}
+        features = pooled(self.vit, model_input(self.vit, images), self.pooling).float()
+        return {"features": features, "label": batch["label"], "index": batch["index"],
+                "skipped": int(batch.get("skipped", 0))}
 
 
 class ShareWriter(BasePredictionWriter):

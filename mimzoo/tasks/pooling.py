@@ -53,3 +53,13 @@ def pooled_from_tokens(vit, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
     if pooling != "avg":
         raise ConfigError(f"pooling must be one of {POOLINGS}; got {pooling!r}")
     return tokens[:, vit.num_prefix_tokens:].mean(1)
+
+
+def model_input(vit, images: torch.Tensor) -> torch.Tensor:
+    """A batch as the backbone takes it: uint8 images scaled to [0, 1] and normalised with the backbone's own
+    mean and std; float images are taken as already normalised."""
+    if images.dtype != torch.uint8:
+        return images
+    mean = images.new_tensor(vit.data_config["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+    std = images.new_tensor(vit.data_config["std"], dtype=torch.float32).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
